@@ -1,0 +1,1 @@
+"""The ``potluck`` command line. Thin: each module wires components together."""

@@ -1,0 +1,95 @@
+"""Entry point of the ``potluck`` command.
+
+Each ``potluck.cli.<module>`` exposes ``register(app)``; this file only collects them and
+turns errors into one red line and an exit code (httpx ``_main.py`` style).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+import typer
+from rich.console import Console
+
+from potluck import __version__
+from potluck.errors import PotluckError
+from potluck.log import setup_logging
+
+COMMAND_MODULES = [
+    "potluck.cli.training",
+    "potluck.cli.cluster",
+    "potluck.cli.doctor",
+]
+
+app = typer.Typer(
+    name="potluck",
+    help="Pool a group's machines into one cluster and train PyTorch models on all of them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"potluck {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    if debug:
+        os.environ["POTLUCK_DEBUG"] = "1"
+
+
+for _name in COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(_name)
+    except ModuleNotFoundError as _exc:  # a subsystem not built yet
+        if _exc.name != _name:
+            raise
+        continue
+    _module.register(app)
+
+
+def error_line(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", markup=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; exit 0 on success, 2 on bad input, 1 on other failures."""
+    setup_logging()
+    debug = "--debug" in (argv if argv is not None else sys.argv)
+    try:
+        app(args=argv, prog_name="potluck", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        error_line("aborted")
+        sys.exit(130)
+    except click.UsageError as exc:
+        hint = f" (see `potluck {exc.ctx.command_path.split(' ', 1)[-1]} --help`)" if exc.ctx else ""
+        error_line(exc.format_message().replace("\n", " ") + hint)
+        sys.exit(2)
+    except click.ClickException as exc:
+        error_line(exc.format_message().replace("\n", " "))
+        sys.exit(exc.exit_code)
+    except PotluckError as exc:
+        if debug:
+            raise
+        error_line(str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        error_line("interrupted")
+        sys.exit(130)
