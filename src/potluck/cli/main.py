@@ -10,7 +10,6 @@ import importlib
 import os
 import sys
 
-import click
 import typer
 from rich.console import Console
 
@@ -32,6 +31,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+# Typer >= 0.29 vendors click; find its exception classes through a public one.
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -73,18 +76,19 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv)
     try:
         app(args=argv, prog_name="potluck", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         error_line("aborted")
         sys.exit(130)
-    except click.UsageError as exc:
-        hint = f" (see `potluck {exc.ctx.command_path.split(' ', 1)[-1]} --help`)" if exc.ctx else ""
+    except _UsageError as exc:
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         error_line(exc.format_message().replace("\n", " ") + hint)
         sys.exit(2)
-    except click.ClickException as exc:
+    except _ClickException as exc:
         error_line(exc.format_message().replace("\n", " "))
-        sys.exit(exc.exit_code)
+        sys.exit(getattr(exc, "exit_code", 1))
     except PotluckError as exc:
         if debug:
             raise

@@ -52,6 +52,9 @@ class JobConfig:
     """Per-sample compute time of a speed-1.0 emulated device (0: measure it at start)."""
     emulated_overhead_s: float = 0.0
     """Per-step fixed time of a speed-1.0 emulated device."""
+    profiles: dict[str, list[float]] = field(default_factory=dict)
+    """Per-slot profile ``{"<slot>": [overhead_s, sample_s]}`` measured at job start
+    (proportional and hybrid start from it)."""
 
     def validate(self) -> JobConfig:
         if self.model not in ("mlp", "simple_cnn"):
@@ -76,6 +79,9 @@ class JobConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        for slot, prof in self.profiles.items():
+            if not (str(slot).isdigit() and len(prof) == 2 and prof[0] >= 0 and prof[1] > 0):
+                raise ConfigError(f"profiles[{slot!r}] must be [overhead_s >= 0, sample_s > 0], got {prof}")
         if self.emulated_sample_s < 0 or self.emulated_overhead_s < 0:
             raise ConfigError("emulated_sample_s and emulated_overhead_s must be >= 0")
         return self
@@ -113,6 +119,10 @@ class ReplicaSpec:
     """Write the final model state_dict here (torch.save) when training ends."""
     device: str = "cpu"
     """torch device string: cpu or cuda[:N]."""
+    start_barrier: int = 0
+    """Launchers on one machine: wait until this many replicas are ready before step 0."""
+    threads: int = 0
+    """torch threads for this replica (0: 1 when emulating a speed, else torch's default)."""
 
     def validate(self) -> ReplicaSpec:
         self.job.validate()

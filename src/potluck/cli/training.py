@@ -1,0 +1,115 @@
+"""``potluck demo`` and ``potluck profile``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from potluck.trainer.spec import JobConfig
+
+
+def _job_from_flags(*, model: str, dataset: str, global_batch: int, steps: int | None,
+                    epochs: float | None, seed: int, policy: str, rebalance_interval: int,
+                    lr: float, deadband: float) -> JobConfig:
+    if steps is None and epochs is None:
+        steps = 60
+    return JobConfig(model=model, dataset=dataset, global_batch=global_batch, steps=steps,
+                     epochs=epochs, seed=seed, policy=policy, rebalance_interval=rebalance_interval,
+                     lr=lr, deadband=deadband).validate()
+
+
+def _summary_table(results: list[dict[str, Any]]) -> Table:
+    table = Table(title="potluck demo summary")
+    table.add_column("")
+    for r in results:
+        table.add_column(r["policy"], justify="right")
+    rows = [
+        ("samples/s", lambda r: f"{r['samples_per_s']:.0f}"),
+        ("ideal samples/s (measured)", lambda r: f"{r['ideal_samples_per_s']:.0f}"),
+        ("efficiency", lambda r: f"{r['efficiency']:.1%}"),
+        ("steps x global batch", lambda r: f"{r['steps']} x {r['global_batch']}"),
+        ("final loss", lambda r: f"{r['final_loss']:.4f}"),
+        ("test accuracy", lambda r: f"{r['test_accuracy']:.1%}"),
+        ("final allocation", lambda r: " / ".join(str(v) for _, v in sorted(r["allocation"].items(), key=lambda kv: int(kv[0])))),
+        ("rebalances", lambda r: str(r["rebalances"])),
+        ("wall time", lambda r: f"{r['wall_s']:.1f} s"),
+    ]
+    for label, fmt in rows:
+        table.add_row(label, *[fmt(r) for r in results])
+    return table
+
+
+def demo(
+    nodes: int = typer.Option(None, "--nodes", help="Number of emulated nodes (default 3, or the length of --speeds)."),
+    speeds: str = typer.Option(None, "--speeds", help="Comma list, one emulated speed per node (1.0 = full speed), e.g. 1,0.5,0.25."),
+    policy: str = typer.Option("dynamic", "--policy", help="Allocation policy: equal, proportional, dynamic or hybrid."),
+    steps: int = typer.Option(None, "--steps", help="Committed steps to train (default 60 unless --epochs)."),
+    epochs: float = typer.Option(None, "--epochs", help="Epochs to train instead of --steps."),
+    global_batch: int = typer.Option(512, "--global-batch", help="Samples per step over all nodes."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the model and the data order."),
+    rebalance_interval: int = typer.Option(5, "--rebalance-interval", help="Re-solve the allocation every K steps (dynamic, hybrid)."),
+    deadband: float = typer.Option(0.05, "--deadband", help="Change the allocation only if the step gets this much faster."),
+    lr: float = typer.Option(0.1, "--lr", help="Learning rate (SGD, momentum 0.9)."),
+    model: str = typer.Option("mlp", "--model", help="Model: mlp or simple_cnn."),
+    dataset: str = typer.Option("digits", "--dataset", help="Data set: digits or synthetic_image."),
+    compare: bool = typer.Option(False, "--compare", help="Also run the equal policy (plain DDP) and show both."),
+    save_model: str = typer.Option(None, "--save-model", help="Write the final model state_dict here (torch.save)."),
+    experiments_dir: Path = typer.Option(Path("experiments"), "--experiments-dir", help="Where run folders are written."),
+    name: str = typer.Option(None, "--name", help="Run name (default demo-<policy>-<time>)."),
+    emulated_sample_ms: float = typer.Option(None, "--emulated-sample-ms", help="Per-sample time of the speed-1.0 emulated device (default: measured, >= 1 ms)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else."),
+) -> None:
+    """Run a whole cluster on this machine: a Lighthouse and one replica per emulated node."""
+    from potluck.demo.runner import DemoConfig, parse_speeds, run_demo
+
+    cfg = DemoConfig(
+        job=_job_from_flags(model=model, dataset=dataset, global_batch=global_batch, steps=steps,
+                            epochs=epochs, seed=seed, policy=policy,
+                            rebalance_interval=rebalance_interval, lr=lr, deadband=deadband),
+        speeds=parse_speeds(speeds, nodes), compare=compare, experiments_dir=experiments_dir,
+        name=name, save_model=save_model, emulated_sample_ms=emulated_sample_ms,
+    )
+    console = None if as_json else Console(stderr=False)
+    result = run_demo(cfg, console)
+    if as_json:
+        print(json.dumps(result))
+        return
+    assert console is not None
+    results = [result] + ([result["baseline"]] if "baseline" in result else [])
+    console.print(_summary_table(results))
+    if "baseline" in result:
+        gain = result["samples_per_s"] / max(result["baseline"]["samples_per_s"], 1e-9)
+        console.print(f"[bold green]{result['policy']}[/] is {gain:.2f}x the throughput of equal shares (plain DDP).")
+    console.print(f"metrics: {result['run_dir']}")
+
+
+def profile(
+    model: str = typer.Option("mlp", "--model", help="Model: mlp or simple_cnn."),
+    dataset: str = typer.Option("digits", "--dataset", help="Data set whose sample shape to use."),
+    batch_sizes: str = typer.Option("16,64,256", "--batch-sizes", help="Comma list of batch sizes to time."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (every device found)."),
+    memory_budget_mb: float = typer.Option(None, "--memory-budget-mb", help="CPU RAM budget for the largest batch (default: half the free RAM)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout and nothing else."),
+) -> None:
+    """Measure this machine's devices for a model: samples/s, forward/backward split, largest batch."""
+    from potluck.profiler import parse_batch_sizes, profile_devices, render_profiles
+
+    sizes = parse_batch_sizes(batch_sizes)
+    console = None if as_json else Console()
+    results = profile_devices(model=model, dataset=dataset, batch_sizes=sizes, device=device,
+                              memory_budget_mb=memory_budget_mb, console=console)
+    if as_json:
+        print(json.dumps([r.to_dict() for r in results]))
+    else:
+        assert console is not None
+        console.print(render_profiles(results))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
+    app.command("profile")(profile)

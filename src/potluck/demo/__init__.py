@@ -1,0 +1,1 @@
+"""``potluck demo``: a whole cluster on one machine, with emulated slow devices."""

@@ -1,0 +1,114 @@
+"""A Lighthouse and N replica processes on loopback: the demo's cluster, and the tests'.
+
+Replicas are real separate processes (``python -m potluck.trainer.replica``) talking gloo
+and torchft over loopback; this class only starts, kills, restarts and reaps them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from potluck.errors import TrainingError
+from potluck.trainer.ft import start_lighthouse
+from potluck.trainer.metrics import read_jsonl
+from potluck.trainer.spec import JobConfig, ReplicaSpec
+
+
+class LocalCluster:
+    def __init__(self, job: JobConfig, speeds: list[float], run_dir: str | Path, *,
+                 host: str = "127.0.0.1", record_indices: bool = False,
+                 fail_at: dict[int, int] | None = None, save_model: str | None = None,
+                 memory_caps: dict[int, int] | None = None) -> None:
+        self.job = job
+        self.speeds = speeds
+        self.run_dir = Path(run_dir)
+        self.host = host
+        self.record_indices = record_indices
+        self.fail_at = dict(fail_at or {})
+        self.save_model = save_model
+        self.memory_caps = dict(memory_caps or {})
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.lighthouse = None
+
+    def name(self, slot: int) -> str:
+        return f"node{slot}"
+
+    def spec(self, slot: int, *, fail: bool = True) -> ReplicaSpec:
+        return ReplicaSpec(
+            job=self.job, slot=slot, name=self.name(slot), lighthouse=self.lighthouse_addr,
+            run_dir=str(self.run_dir), advertise_host=self.host, speed=self.speeds[slot],
+            record_indices=self.record_indices,
+            fail_at_step=self.fail_at.get(slot) if fail else None,
+            save_model=self.save_model if slot == 0 else None,
+            memory_cap=self.memory_caps.get(slot),
+            start_barrier=len(self.speeds),
+        ).validate()
+
+    @property
+    def lighthouse_addr(self) -> str:
+        assert self.lighthouse is not None, "start() first"
+        port = self.lighthouse.address().rsplit(":", 1)[1]
+        return f"http://{self.host}:{port}"
+
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "specs").mkdir(exist_ok=True)
+        (self.run_dir / "replicas").mkdir(exist_ok=True)
+        self.lighthouse = start_lighthouse(self.host, 0)
+        for slot in range(len(self.speeds)):
+            self._spawn(self.spec(slot))
+
+    def _spawn(self, spec: ReplicaSpec) -> None:
+        path = self.run_dir / "specs" / f"{spec.name}.json"
+        path.write_text(spec.to_json())
+        log = open(self.run_dir / "replicas" / f"{spec.name}.log", "ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.procs[spec.slot] = subprocess.Popen(
+            [sys.executable, "-m", "potluck.trainer.replica", str(path)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        log.close()
+
+    def kill(self, slot: int) -> None:
+        proc = self.procs[slot]
+        proc.kill()
+        proc.wait()
+
+    def restart(self, slot: int) -> None:
+        """Start ``slot`` again (without its failure injection); it heals from a peer."""
+        spec = dataclasses.replace(self.spec(slot, fail=False), start_barrier=0)
+        self._spawn(spec)
+
+    def records(self, slot: int) -> list[dict]:
+        return read_jsonl(self.run_dir / "replicas" / f"{self.name(slot)}.jsonl")
+
+    def wait(self, timeout: float = 300.0, *, expect_exit: dict[int, int] | None = None) -> dict[int, int]:
+        """Wait for every process to end; return exit codes. Raises TrainingError on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            codes = {s: p.poll() for s, p in self.procs.items()}
+            if all(c is not None for c in codes.values()):
+                return {s: int(c) for s, c in codes.items() if c is not None}
+            time.sleep(0.1)
+        raise TrainingError(f"replicas still running after {timeout:.0f}s; see {self.run_dir}/replicas/*.log")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if self.lighthouse is not None:
+            self.lighthouse.shutdown()
+            self.lighthouse = None
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

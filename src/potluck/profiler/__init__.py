@@ -1,0 +1,19 @@
+"""``potluck profile``: how fast this machine's devices train a model, and how much fits."""
+
+from potluck.profiler.profile import (
+    BatchTiming,
+    DeviceProfile,
+    parse_batch_sizes,
+    profile_device,
+    profile_devices,
+    render_profiles,
+)
+
+__all__ = [
+    "BatchTiming",
+    "DeviceProfile",
+    "parse_batch_sizes",
+    "profile_device",
+    "profile_devices",
+    "render_profiles",
+]
