@@ -1,0 +1,236 @@
+"""The agent of one node: join, heartbeat, run what the coordinator assigns, stream metrics.
+
+Loop (every heartbeat interval): forward new metrics records of the running replica, send a
+heartbeat carrying the replica's state, and reconcile with the answer: start the assigned job,
+or stop a replica whose job is no longer assigned. The agent keeps running between jobs.
+
+A lost connection does not stop training: the replica keeps going under torchft, records are
+buffered, and the agent retries with exponential backoff (reported once per outage). A 404 on
+heartbeat (the coordinator's database was replaced) triggers a fresh registration.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from potluck.agent.client import ApiResponseError, CoordinatorClient, VersionMismatch
+from potluck.agent.hardware import compare_versions, detect_hardware, local_versions
+from potluck.agent.runner import NodeSettings, ReplicaRunner
+from potluck.coordinator import schemas as s
+from potluck.coordinator.auth import write_private
+from potluck.errors import ClusterError, HostUnreachableError
+from potluck.log import get_logger
+
+log = get_logger("agent")
+
+MAX_BACKOFF_S = 15.0
+MAX_BUFFERED_RECORDS = 200_000
+METRICS_BATCH = 1000
+
+
+@dataclass(kw_only=True)
+class AgentConfig:
+    """One node's agent."""
+
+    url: str
+    """Coordinator URL, e.g. ``http://100.64.1.2:7077``."""
+    token: str
+    """Join token."""
+    name: str
+    """Requested node name (the coordinator may add a suffix)."""
+    state_dir: Path
+    """Holds the node key and the replicas' run directories."""
+    node: NodeSettings
+    """Address, interface, speed and device for replicas."""
+    interface: str | None = None
+    """Interface of the address (reported to the coordinator)."""
+
+
+def load_node_key(state_dir: Path) -> str:
+    """The random key that identifies this node across agent restarts (created once, 0600)."""
+    path = state_dir / "node_key"
+    if path.exists():
+        key = path.read_text().strip()
+        if len(key) >= 16:
+            return key
+    key = secrets.token_hex(16)
+    write_private(path, key + "\n")
+    return key
+
+
+def default_node_name() -> str:
+    name = "".join(c if c.isalnum() or c in "._-" else "-" for c in socket.gethostname())
+    return name.strip("-._")[:64] or "node"
+
+
+class Agent:
+    """Call :meth:`join` (raises on a bad token, versions or host), then :meth:`run`."""
+
+    def __init__(self, config: AgentConfig, *, on_event: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.client = CoordinatorClient(config.url, config.token)
+        self.stop_event = threading.Event()
+        self.on_event = on_event or (lambda msg: log.warning("%s", msg))
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.node_key = load_node_key(config.state_dir)
+        self.runner: ReplicaRunner | None = None
+        self.pending: list[dict[str, Any]] = []
+        self.pending_job: int | None = None
+        self.finished_reports: dict[int, s.ReplicaReport] = {}
+        self.node_id: int | None = None
+        self.registration: s.RegisterResponse | None = None
+        self.interval_s = 1.0
+
+    # joining --------------------------------------------------------------------------------
+
+    def check_versions(self) -> s.ClusterInfo:
+        """Compare with the host before registering. Raises VersionMismatch with the diffs."""
+        info = self.client.info()
+        diffs = compare_versions(info.versions, local_versions())
+        if diffs:
+            what = ", ".join(f"{d.component} {d.node} (host has {d.host})" for d in diffs)
+            raise VersionMismatch(
+                f"version mismatch with the host: {what}; install the host's versions here",
+                [d.__dict__ for d in diffs],
+            )
+        self.interval_s = info.heartbeat_interval_s
+        return info
+
+    def join(self) -> s.RegisterResponse:
+        """Register with the coordinator (idempotent: the node key keeps name and slot)."""
+        self.check_versions()
+        reg = self.client.register(
+            s.RegisterRequest(
+                name=self.config.name,
+                node_key=self.node_key,
+                address=self.config.node.advertise,
+                interface=self.config.interface,
+                hardware=detect_hardware(),
+                versions=local_versions(),
+                speed=self.config.node.speed,
+            )
+        )
+        self.node_id, self.registration = reg.node_id, reg
+        self.interval_s = reg.heartbeat_interval_s
+        return reg
+
+    # the loop -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Heartbeat until :meth:`stop`; then stop the replica and leave the cluster."""
+        backoff, outage_since = 0.0, None
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    self._once()
+                    if outage_since is not None:
+                        self.on_event(f"reconnected to {self.config.url} after {time.time() - outage_since:.0f} s")
+                    backoff, outage_since = 0.0, None
+                    wait = self.interval_s
+                except HostUnreachableError as exc:
+                    if outage_since is None:
+                        outage_since = time.time()
+                        self.on_event(f"lost connection to the host: {exc}; retrying with backoff")
+                    backoff = min(MAX_BACKOFF_S, max(0.5, backoff * 2))
+                    wait = backoff
+                except ApiResponseError as exc:
+                    if exc.status == 404 and "unknown node" in str(exc):
+                        self.on_event("the host does not know this node any more: registering again")
+                        self._rejoin()
+                        wait = 0.0
+                    else:
+                        self.on_event(f"host error: {exc}")
+                        wait = self.interval_s
+                self.stop_event.wait(wait)
+        finally:
+            self._shutdown()
+
+    def _rejoin(self) -> None:
+        try:
+            self.join()
+        except ClusterError as exc:
+            self.on_event(f"could not register again: {exc}")
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _once(self) -> None:
+        assert self.node_id is not None
+        reports = self._collect()
+        self._flush_metrics()
+        reply = self.client.heartbeat(self.node_id, s.HeartbeatRequest(replicas=reports))
+        # A finished replica's final state has been delivered: forget it.
+        for rep in reports:
+            if rep.state in ("done", "failed"):
+                self.finished_reports.pop(rep.job_id, None)
+        self._reconcile(reply.assignment)
+
+    def _collect(self) -> list[s.ReplicaReport]:
+        reports = list(self.finished_reports.values())
+        runner = self.runner
+        if runner is None:
+            return reports
+        records = runner.read_records()
+        report = runner.report()  # after reading, so a 'done' record is never missed
+        records += runner.read_records()
+        if records:
+            if self.pending_job not in (None, runner.job_id):
+                self.pending.clear()
+            self.pending_job = runner.job_id
+            self.pending.extend(records)
+            del self.pending[:-MAX_BUFFERED_RECORDS]
+        if runner.finished:
+            runner.stop()
+            self.runner = None
+            self.finished_reports[report.job_id] = report
+            level = "finished" if report.state == "done" else f"failed: {report.message}"
+            self.on_event(f"job {report.job_id}: replica {level}")
+            reports = list(self.finished_reports.values())
+        else:
+            reports.append(report)
+        return reports
+
+    def _flush_metrics(self) -> None:
+        assert self.node_id is not None
+        while self.pending and self.pending_job is not None:
+            batch = self.pending[:METRICS_BATCH]
+            try:
+                self.client.metrics(self.node_id, self.pending_job, batch)
+            except ApiResponseError as exc:
+                if exc.status not in (404, 422):
+                    raise
+                log.warning("dropping %d metrics records the host refused: %s", len(batch), exc)
+            del self.pending[: len(batch)]
+
+    def _reconcile(self, assignment: s.Assignment | None) -> None:
+        runner = self.runner
+        if runner is not None and (assignment is None or assignment.job_id != runner.job_id):
+            self.on_event(f"job {runner.job_id}: stopping the replica (no longer assigned)")
+            runner.stop()
+            self.runner = None
+        elif runner is not None and assignment is not None and assignment.go and runner.waiting:
+            runner.release()
+        if assignment is not None and self.runner is None:
+            if assignment.job_id in self.finished_reports:
+                return  # our final report has not reached the host yet
+            self.on_event(f"job {assignment.job_id}: starting a replica in slot {assignment.slot}")
+            self.runner = ReplicaRunner(assignment, self.config.node, self.config.state_dir / "runs")
+
+    def _shutdown(self) -> None:
+        if self.runner is not None:
+            self.runner.stop()
+            self.runner = None
+        if self.node_id is not None:
+            try:
+                self._flush_metrics()
+                self.client.leave(self.node_id)
+            except ClusterError as exc:
+                log.warning("could not tell the host we are leaving: %s", exc)
+        self.client.close()

@@ -1,0 +1,198 @@
+"""Runs one replica process for one job assignment and tails its metrics file.
+
+The replica is ``python -m potluck.trainer.replica SPEC.json`` with the network settings of
+this node: ``GLOO_SOCKET_IFNAME`` / ``NCCL_SOCKET_IFNAME`` / ``TP_SOCKET_IFNAME`` name the
+interface of the route to the host, and ``advertise_host`` is this node's address, so every
+data-plane connection uses the same path the control plane does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from potluck.coordinator.schemas import Assignment, ReplicaReport
+from potluck.log import get_logger
+from potluck.trainer.spec import JobConfig, ReplicaSpec
+
+log = get_logger("agent.runner")
+
+REPLICA_MODULE = "potluck.trainer.replica"
+
+
+@dataclass(kw_only=True)
+class NodeSettings:
+    """What this node adds to every replica it starts."""
+
+    advertise: str
+    """Address peers use to reach this node's replicas."""
+    interface: str | None
+    """Interface for gloo/NCCL/TensorPipe (None: let them pick)."""
+    speed: float = 1.0
+    """Emulated speed factor (``--emulate-speed``)."""
+    device: str = "cpu"
+    """torch device string."""
+    threads: int = 0
+    """torch intra-op threads per replica (0: the replica decides)."""
+
+
+def replica_env(settings: NodeSettings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The replica's environment: ``base`` plus the interface pins. Pure."""
+    env = dict(os.environ if base is None else base)
+    env.pop("POTLUCK_TOKEN", None)  # replicas never talk to the API; keep the secret out
+    if settings.interface:
+        for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "TP_SOCKET_IFNAME"):
+            env[var] = settings.interface
+    return env
+
+
+def _detach_and_die_with_parent() -> None:
+    """In the child before exec: own session (Ctrl-C in the agent's terminal reaches only the
+    agent, which stops replicas itself), and SIGKILL if the agent dies, so a crashed or killed
+    agent never leaves an orphan replica training in the group."""
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class ReplicaRunner:
+    """One replica process: start, poll, tail its metrics, stop."""
+
+    def __init__(self, assignment: Assignment, settings: NodeSettings, runs_dir: Path) -> None:
+        """Start the replica. If ``assignment.go`` is False it waits at the start barrier
+        (``run_dir/ready``: the replica touches its slot file there and waits for a second
+        file, which :meth:`release` creates when the coordinator says go)."""
+        self.assignment = assignment
+        job_dir = runs_dir / f"job-{assignment.job_id}"
+        attempt = 1
+        while (job_dir / f"attempt-{attempt}").exists():
+            attempt += 1
+        self.run_dir = job_dir / f"attempt-{attempt}"
+        self.run_dir.mkdir(parents=True)
+        self.spec = ReplicaSpec(
+            job=JobConfig(**assignment.job),
+            slot=assignment.slot,
+            name=assignment.name,
+            lighthouse=assignment.lighthouse,
+            run_dir=str(self.run_dir),
+            advertise_host=settings.advertise,
+            speed=settings.speed,
+            device=settings.device,
+            threads=settings.threads,
+            start_barrier=0 if assignment.go else 2,
+        ).validate()
+        self._ready_dir = self.run_dir / "ready"
+        self.waiting = not assignment.go
+        self.metrics_path = self.run_dir / "replicas" / f"{assignment.name}.jsonl"
+        self._offset = 0
+        self._partial = b""
+        self._seen_records = False
+        self._done = False
+        self._last_step: int | None = None
+        spec_path = self.run_dir / "spec.json"
+        spec_path.write_text(self.spec.to_json())
+        self._log = open(self.run_dir / "replica.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", REPLICA_MODULE, str(spec_path)],
+            env=replica_env(settings),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_detach_and_die_with_parent,
+        )
+        log.info("job %s: started replica pid %s in %s", assignment.job_id, self.proc.pid, self.run_dir)
+
+    @property
+    def job_id(self) -> int:
+        return self.assignment.job_id
+
+    @property
+    def ready(self) -> bool:
+        """The replica reached the start barrier (its manager is up)."""
+        return (self._ready_dir / str(self.spec.slot)).exists()
+
+    def release(self) -> None:
+        """Let a replica waiting at the start barrier begin training."""
+        self._ready_dir.mkdir(parents=True, exist_ok=True)
+        (self._ready_dir / "go").touch()
+        self.waiting = False
+
+    def read_records(self) -> list[dict[str, Any]]:
+        """New complete records from the metrics file since the last call."""
+        try:
+            with self.metrics_path.open("rb") as fh:
+                fh.seek(self._offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(chunk)
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()  # an unfinished last line waits for the next call
+        records = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                log.warning("job %s: skipping unreadable metrics line", self.job_id)
+                continue
+            if isinstance(rec, dict):
+                records.append(rec)
+                self._seen_records = True
+                if rec.get("type") == "done":
+                    self._done = True
+                if isinstance(rec.get("step"), int):
+                    self._last_step = rec["step"]
+        return records
+
+    def report(self) -> ReplicaReport:
+        """The replica's state now (read the records first so ``done`` is not missed)."""
+        code = self.proc.poll()
+        if code is None:
+            state = "running" if self._seen_records else "starting"
+            return ReplicaReport(
+                job_id=self.job_id, state=state, step=self._last_step, ready=self.ready
+            )
+        if code == 0 and self._done:
+            return ReplicaReport(job_id=self.job_id, state="done", step=self._last_step, exit_code=0)
+        return ReplicaReport(
+            job_id=self.job_id,
+            state="failed",
+            step=self._last_step,
+            exit_code=code,
+            message=self.last_log_line() or f"replica exited with code {code}",
+        )
+
+    def last_log_line(self) -> str:
+        try:
+            lines = (self.run_dir / "replica.log").read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1][:500] if lines else ""
+
+    @property
+    def finished(self) -> bool:
+        return self.proc.poll() is not None
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Terminate the replica (its whole process group), then kill it if it lingers."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=timeout_s)
+            except (ProcessLookupError, PermissionError):
+                pass
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()

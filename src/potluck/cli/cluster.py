@@ -1,0 +1,386 @@
+"""Cluster commands: ``host``, ``join``, ``status``, ``train``, ``jobs``, ``logs``.
+
+Thin wiring: parse flags, build the config objects, call the coordinator/agent services and
+render. Every failure is a :class:`~potluck.errors.PotluckError` (one red line, exit code).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from potluck.cli import cluster_view as view
+from potluck.errors import AuthError, ConfigError, HostUnreachableError, TrainingError
+
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+STATE_DIR_HELP = "State directory (default: $XDG_DATA_HOME/potluck/{what} or ~/.local/share/potluck/{what})."
+HOST_HELP = "Coordinator URL or HOST[:PORT] (default: the host running in --state-dir)."
+TOKEN_HELP = "Join token printed by `potluck host` (prefer the POTLUCK_TOKEN variable: flags show up in `ps`)."
+
+
+def _host_state_dir(state_dir: Path | None) -> Path:
+    from potluck.coordinator.host import default_data_dir
+
+    return state_dir or default_data_dir() / "host"
+
+
+def _connect(host: str | None, token: str | None, state_dir: Path | None) -> Any:
+    """A client for ``--host/--token`` (or their env vars), else the host in the state dir."""
+    from potluck.agent.client import CoordinatorClient
+    from potluck.coordinator.host import DEFAULT_PORT, read_host_file
+    from potluck.net.address import split_host_port, url_host
+
+    if host:
+        addr, port = split_host_port(host, DEFAULT_PORT)
+        url = f"http://{url_host(addr)}:{port}"
+        if not token:
+            sd = _host_state_dir(state_dir)
+            token = (sd / "token").read_text().strip() if (sd / "token").exists() else None
+        if not token:
+            raise AuthError("missing token: pass --token or set POTLUCK_TOKEN (printed by `potluck host`)")
+        return CoordinatorClient(url, token)
+    sd = _host_state_dir(state_dir)
+    info = read_host_file(sd)
+    if info is None:
+        raise HostUnreachableError(
+            f"no running `potluck host` found in {sd}: start one, or pass --host URL --token T "
+            "(or set POTLUCK_HOST and POTLUCK_TOKEN) to reach a host elsewhere"
+        )
+    token = token or (sd / "token").read_text().strip()
+    return CoordinatorClient(str(info["url"]), token)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+# host -----------------------------------------------------------------------------------------
+
+
+def host(
+    port: int = typer.Option(7077, "--port", help="Coordinator API port (0: any free port)."),
+    lighthouse_port: int = typer.Option(7078, "--lighthouse-port", help="torchft Lighthouse port (0: any free port)."),
+    advertise: str | None = typer.Option(None, "--advertise", help="Address to bind and advertise (default: VPN address, else primary LAN address)."),
+    allow_public: bool = typer.Option(False, "--allow-public", help="Allow a public address (gloo/torchft traffic is unencrypted and unauthenticated)."),
+    token: str | None = typer.Option(None, "--token", envvar="POTLUCK_TOKEN", help="Use this join token instead of the stored or a new random one."),
+    state_dir: Path | None = typer.Option(None, "--state-dir", envvar="POTLUCK_STATE_DIR", help=STATE_DIR_HELP.format(what="host")),
+    no_local_agent: bool = typer.Option(False, "--no-local-agent", help="Do not train on this machine; coordinate only."),
+    name: str | None = typer.Option(None, "--name", help="Node name of the local agent (default: hostname)."),
+    emulate_speed: float | None = typer.Option(None, "--emulate-speed", help="Emulated speed factor of the local agent (testing)."),
+    show_ports: bool = typer.Option(False, "--show-ports", help="List the ports the cluster uses (to open in a firewall) and exit."),
+    json_out: bool = typer.Option(False, "--json", help="Print the join details as one JSON line instead of text."),
+) -> None:
+    """Start the coordinator (API, Lighthouse, local agent) and print the join command."""
+    from potluck.agent.hardware import local_versions
+    from potluck.coordinator.auth import load_or_create_token
+    from potluck.coordinator.host import Host, HostConfig
+    from potluck.net import address as net
+
+    for flag, value in (("--port", port), ("--lighthouse-port", lighthouse_port)):
+        if not 0 <= value < 65536:
+            raise ConfigError(f"{flag} must be in 0-65535, got {value}")
+    if show_ports:
+        rows = view.ports_rows(port, lighthouse_port, _ephemeral_range())
+        _print_json(rows) if json_out else console.print(view.ports_table(rows))
+        return
+    choice = net.choose_advertise(
+        net.list_interfaces(),
+        override=advertise,
+        allow_public=allow_public,
+        default_interface=net.default_route_interface(),
+    )
+    sd = _host_state_dir(state_dir)
+    from potluck.coordinator.host import prepare_state_dir
+
+    prepare_state_dir(sd)
+    the_token = load_or_create_token(sd, token)
+    agent_args = ["--name", name] if name else []
+    if emulate_speed is not None:
+        agent_args += ["--emulate-speed", str(emulate_speed)]
+    if allow_public:
+        agent_args.append("--allow-public")
+    config = HostConfig(
+        state_dir=sd, advertise=choice.address, interface=choice.interface, port=port,
+        lighthouse_port=lighthouse_port, token=the_token, versions=local_versions(),
+        local_agent=not no_local_agent, agent_args=agent_args,
+    )
+    the_host = Host(config)
+
+    def ready() -> None:
+        join = f"potluck join {net.url_host(choice.address)}:{config.port} --token {the_token}"
+        if json_out:
+            _print_json({"url": config.url, "advertise": choice.address, "port": config.port,
+                         "lighthouse_port": config.lighthouse_port, "state_dir": str(sd), "join": join})
+            return
+        console.print(f"[bold green]potluck host[/] at {config.url} ({choice.reason})")
+        if choice.kind.value == "loopback":
+            console.print("[yellow]advertising a loopback address: only this machine can join[/]")
+        console.print(f"state dir {sd}; Lighthouse on port {config.lighthouse_port}; "
+                      f"local agent {'off' if no_local_agent else 'on'}")
+        console.print("On each friend's machine run:")
+        console.print(f"  {join}", soft_wrap=True)
+        console.print("Ctrl-C stops the host.")
+
+    the_host.serve(on_ready=ready)
+
+
+def _ephemeral_range() -> str:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return f"{low}-{high}"
+    except (OSError, ValueError):
+        return "32768-60999"
+
+
+# join -----------------------------------------------------------------------------------------
+
+
+def join(
+    host_addr: str = typer.Argument(..., metavar="HOST[:PORT]", help="Address printed by `potluck host`."),
+    token: str | None = typer.Option(None, "--token", envvar="POTLUCK_TOKEN", help=TOKEN_HELP),
+    name: str | None = typer.Option(None, "--name", help="Node name (default: hostname; duplicates get a suffix)."),
+    advertise: str | None = typer.Option(None, "--advertise", help="This node's address (default: source address of the route to HOST)."),
+    allow_public: bool = typer.Option(False, "--allow-public", help="Allow a public address for this node's replicas."),
+    emulate_speed: float = typer.Option(1.0, "--emulate-speed", help="Emulate a device this many times as fast (0.25: 4x slower); testing."),
+    device: str = typer.Option("auto", "--device", help="torch device for replicas: auto, cpu, cuda or cuda:N."),
+    threads: int = typer.Option(0, "--threads", help="torch threads per replica (0: default)."),
+    state_dir: Path | None = typer.Option(None, "--state-dir", envvar="POTLUCK_AGENT_DIR", help=STATE_DIR_HELP.format(what="agent")),
+) -> None:
+    """Join a cluster: register this machine, then run the jobs the host assigns. Ctrl-C leaves."""
+    from potluck.agent.client import VersionMismatch
+    from potluck.agent.hardware import detect_gpus
+    from potluck.agent.node import Agent, AgentConfig, default_node_name
+    from potluck.agent.runner import NodeSettings
+    from potluck.coordinator.host import DEFAULT_PORT, default_data_dir
+    from potluck.net import address as net
+
+    if not token:
+        raise AuthError("missing token: pass --token or set POTLUCK_TOKEN (printed by `potluck host`)")
+    if not (emulate_speed > 0 and emulate_speed < 1000):
+        raise ConfigError(f"--emulate-speed must be in (0, 1000), got {emulate_speed}")
+    if threads < 0:
+        raise ConfigError(f"--threads must be >= 0, got {threads}")
+    addr, port = net.split_host_port(host_addr, DEFAULT_PORT)
+    interfaces = net.list_interfaces()
+    choice = net.agent_address(addr, interfaces, override=advertise, allow_public=allow_public)
+    if device == "auto":
+        device = "cuda" if detect_gpus() else "cpu"
+    elif not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    agent = Agent(
+        AgentConfig(
+            url=f"http://{net.url_host(net.resolve(addr))}:{port}",
+            token=token,
+            name=name or default_node_name(),
+            state_dir=state_dir or default_data_dir() / "agent",
+            node=NodeSettings(advertise=choice.address, interface=choice.interface,
+                              speed=emulate_speed, device=device, threads=threads),
+            interface=choice.interface,
+        ),
+        on_event=lambda msg: err.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}"),
+    )
+    try:
+        reg = agent.join()
+    except VersionMismatch as exc:
+        err.print(view.versions_table(exc.diffs))
+        raise
+    console.print(
+        f"[bold green]joined[/] {agent.config.url} as [bold]{reg.name}[/] (slot {reg.slot}) "
+        f"from {choice.address} via {choice.interface or '?'}; waiting for jobs. Ctrl-C leaves."
+    )
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
+    signal.signal(signal.SIGINT, lambda *_: agent.stop())
+    agent.run()
+    console.print(f"{reg.name} left the cluster")
+
+
+# status / jobs / logs -------------------------------------------------------------------------
+
+
+def status(
+    host_url: str | None = typer.Option(None, "--host", envvar="POTLUCK_HOST", help=HOST_HELP),
+    token: str | None = typer.Option(None, "--token", envvar="POTLUCK_TOKEN", help=TOKEN_HELP),
+    state_dir: Path | None = typer.Option(None, "--state-dir", envvar="POTLUCK_STATE_DIR", help=STATE_DIR_HELP.format(what="host")),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Show the cluster's nodes: devices, speed, state, last heartbeat, versions."""
+    client = _connect(host_url, token, state_dir)
+    nodes = client.nodes()
+    if json_out:
+        _print_json([n.model_dump() for n in nodes])
+    elif not nodes:
+        console.print("no nodes yet: run `potluck join` on a machine")
+    else:
+        console.print(view.nodes_table(nodes))
+
+
+def jobs(
+    host_url: str | None = typer.Option(None, "--host", envvar="POTLUCK_HOST", help=HOST_HELP),
+    token: str | None = typer.Option(None, "--token", envvar="POTLUCK_TOKEN", help=TOKEN_HELP),
+    state_dir: Path | None = typer.Option(None, "--state-dir", envvar="POTLUCK_STATE_DIR", help=STATE_DIR_HELP.format(what="host")),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List jobs, newest first."""
+    found = _connect(host_url, token, state_dir).jobs()
+    if json_out:
+        _print_json([j.model_dump() for j in found])
+    elif not found:
+        console.print("no jobs yet: submit one with `potluck train`")
+    else:
+        console.print(view.jobs_table(found))
+
+
+def logs(
+    job_id: int = typer.Argument(..., metavar="JOB", help="Job id (see `potluck jobs`)."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new events until the job ends."),
+    host_url: str | None = typer.Option(None, "--host", envvar="POTLUCK_HOST", help=HOST_HELP),
+    token: str | None = typer.Option(None, "--token", envvar="POTLUCK_TOKEN", help=TOKEN_HELP),
+    state_dir: Path | None = typer.Option(None, "--state-dir", envvar="POTLUCK_STATE_DIR", help=STATE_DIR_HELP.format(what="host")),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON lines instead of text."),
+) -> None:
+    """Show a job's events (submitted, started, replicas joining and leaving, result)."""
+    from potluck.coordinator.schemas import FINISHED_JOB_STATES
+
+    client = _connect(host_url, token, state_dir)
+    after = 0
+    while True:
+        for event in client.events(job_id, after):
+            after = event.id
+            if json_out:
+                sys.stdout.write(event.model_dump_json() + "\n")
+            else:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.t))
+                node = f" [{event.node}]" if event.node else ""
+                console.print(f"{stamp} {event.kind}{node}: {event.message}", markup=False)
+        if not follow or client.job(job_id).state in FINISHED_JOB_STATES:
+            return
+        time.sleep(1.0)
+
+
+# train ----------------------------------------------------------------------------------------
+
+
+def _job_config(config_file: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
+    """JobConfig fields from a YAML file, overridden by flags; validated. Raises ConfigError."""
+    import yaml
+
+    from potluck.coordinator.service import job_config_from
+    from potluck.trainer.spec import JobConfig
+
+    raw: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(config_file.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read --config {config_file}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--config {config_file} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--config {config_file} must be a mapping of job fields, e.g. `model: mlp`")
+        raw = {str(k).replace("-", "_"): v for k, v in loaded.items()}
+    raw.update({k: v for k, v in flags.items() if v is not None})
+    config = job_config_from(raw)
+    return {f.name: getattr(config, f.name) for f in fields(JobConfig)}
+
+
+def train(
+    config_file: Path | None = typer.Option(None, "--config", help="YAML file of job fields (model, dataset, global_batch, steps, ...); flags override it."),
+    model: str | None = typer.Option(None, "--model", help="Model: mlp or simple_cnn."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Data set: digits or synthetic_image."),
+    global_batch: int | None = typer.Option(None, "--global-batch", help="Samples per step over all nodes."),
+    steps: int | None = typer.Option(None, "--steps", help="Committed steps to train."),
+    epochs: float | None = typer.Option(None, "--epochs", help="Epochs to train when --steps is not given."),
+    policy: str | None = typer.Option(None, "--policy", help="Allocation policy: equal, proportional, dynamic or hybrid."),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed."),
+    name: str | None = typer.Option(None, "--name", help="Job name shown in `potluck jobs`."),
+    detach: bool = typer.Option(False, "--detach", help="Submit and return at once."),
+    json_out: bool = typer.Option(False, "--json", help="Print a final JSON summary instead of a progress bar."),
+    host_url: str | None = typer.Option(None, "--host", envvar="POTLUCK_HOST", help=HOST_HELP),
+    token: str | None = typer.Option(None, "--token", envvar="POTLUCK_TOKEN", help=TOKEN_HELP),
+    state_dir: Path | None = typer.Option(None, "--state-dir", envvar="POTLUCK_STATE_DIR", help=STATE_DIR_HELP.format(what="host")),
+) -> None:
+    """Train a model on every live node of the cluster; shows progress until the job ends."""
+    config = _job_config(config_file, {
+        "model": model, "dataset": dataset, "global_batch": global_batch, "steps": steps,
+        "epochs": epochs, "policy": policy, "lr": lr, "seed": seed,
+    })
+    client = _connect(host_url, token, state_dir)
+    job = client.submit(config, name)
+    if detach:
+        if json_out:
+            _print_json({"job_id": job.id, "state": job.state})
+        else:
+            console.print(f"submitted job {job.id} ({job.state}); follow it with `potluck logs {job.id} -f`")
+        return
+    try:
+        job = _watch(client, job.id, config.get("steps"), quiet=json_out)
+    except KeyboardInterrupt:
+        job = client.job(job.id)
+        if job.state not in ("succeeded", "failed", "cancelled"):
+            try:
+                cancel = typer.confirm(f"\ncancel job {job.id}?", default=False, err=True)
+            except (typer.Abort, EOFError):
+                cancel = False
+            if cancel:
+                job = client.cancel(job.id)
+                err.print(f"job {job.id} cancelled")
+            else:
+                err.print(f"job {job.id} keeps running; follow it with `potluck logs {job.id} -f`")
+                return
+    _report(job, json_out)
+
+
+def _watch(client: Any, job_id: int, total: int | None, *, quiet: bool) -> Any:
+    from potluck.coordinator.schemas import FINISHED_JOB_STATES
+
+    if quiet:
+        while (job := client.job(job_id)).state not in FINISHED_JOB_STATES:
+            time.sleep(0.5)
+        return job
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task(f"job {job_id} queued", total=total)
+        while True:
+            job = client.job(job_id)
+            bar.update(task, completed=job.progress.step, description=view.progress_text(job))
+            if job.state in FINISHED_JOB_STATES:
+                if job.summary:
+                    bar.update(task, completed=job.summary.steps)
+                return job
+            time.sleep(0.5)
+
+
+def _report(job: Any, json_out: bool) -> None:
+    summary = job.summary
+    if json_out:
+        _print_json(summary.model_dump() if summary else {"job_id": job.id, "state": job.state})
+    elif summary:
+        console.print(view.summary_table(summary))
+    if job.state != "succeeded":
+        raise TrainingError(f"job {job.id} {job.state}: {job.message or 'no details'} (see `potluck logs {job.id}`)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the cluster commands to the ``potluck`` CLI."""
+    for command in (host, join, status, train, jobs, logs):
+        app.command(command.__name__)(command)

@@ -1,0 +1,112 @@
+"""The HTTP API: FastAPI routes mapping requests to :class:`Coordinator` methods.
+
+Every ``/api/v1`` route needs the bearer token (see ``auth.TokenMiddleware``). Errors are
+JSON ``{"detail": "<one line>"}``; a malformed request is a 422 whose detail names the field.
+The handlers are ``async`` and call the coordinator directly: its methods are short SQLite
+transactions, cheaper than a hop through a thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from potluck.coordinator import schemas as s
+from potluck.coordinator.auth import TokenMiddleware
+from potluck.coordinator.service import ApiError, Coordinator
+from potluck.log import get_logger
+
+log = get_logger("coordinator.api")
+
+
+def _field_error(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
+        parts.append(f"field {loc or '(body)'!r}: {err.get('msg', 'invalid')}")
+    return "malformed request: " + "; ".join(parts)
+
+
+def create_app(coordinator: Coordinator, token: str, *, tick_s: float = 1.0) -> Any:
+    """The ASGI app (FastAPI wrapped in the token middleware), with the housekeeping task."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async def housekeeping() -> None:
+            while True:
+                await asyncio.sleep(tick_s)
+                try:
+                    coordinator.tick()
+                except Exception:  # keep the cluster alive; the next tick retries
+                    log.exception("housekeeping failed")
+
+        task = asyncio.create_task(housekeeping())
+        yield
+        task.cancel()
+
+    api = FastAPI(title="potluck coordinator", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    @api.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail, **exc.extra}, status_code=exc.status)
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _field_error(exc)}, status_code=422)
+
+    @api.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/api/v1/info")
+    async def info() -> s.ClusterInfo:
+        return coordinator.info()
+
+    @api.post("/api/v1/nodes")
+    async def register(req: s.RegisterRequest) -> s.RegisterResponse:
+        return coordinator.register(req)
+
+    @api.get("/api/v1/nodes")
+    async def nodes() -> list[s.NodeInfo]:
+        return coordinator.nodes()
+
+    @api.post("/api/v1/nodes/{node_id}/heartbeat")
+    async def heartbeat(node_id: int, req: s.HeartbeatRequest) -> s.HeartbeatResponse:
+        return coordinator.heartbeat(node_id, req)
+
+    @api.post("/api/v1/nodes/{node_id}/leave")
+    async def leave(node_id: int) -> dict[str, str]:
+        coordinator.leave(node_id)
+        return {"status": "left"}
+
+    @api.post("/api/v1/nodes/{node_id}/jobs/{job_id}/metrics")
+    async def metrics(node_id: int, job_id: int, req: s.MetricsRequest) -> dict[str, int]:
+        return {"stored": coordinator.metrics(node_id, job_id, req)}
+
+    @api.post("/api/v1/jobs", status_code=201)
+    async def submit(req: s.JobSubmit) -> s.JobInfo:
+        return coordinator.submit(req)
+
+    @api.get("/api/v1/jobs")
+    async def jobs() -> list[s.JobInfo]:
+        return coordinator.jobs()
+
+    @api.get("/api/v1/jobs/{job_id}")
+    async def job(job_id: int) -> s.JobInfo:
+        return coordinator.job_info(job_id)
+
+    @api.post("/api/v1/jobs/{job_id}/cancel")
+    async def cancel(job_id: int) -> s.JobInfo:
+        return coordinator.cancel(job_id)
+
+    @api.get("/api/v1/jobs/{job_id}/events")
+    async def events(job_id: int, after: int = 0) -> list[s.Event]:
+        return coordinator.events(job_id, after)
+
+    return TokenMiddleware(api, token)

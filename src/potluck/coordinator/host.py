@@ -1,0 +1,239 @@
+"""``potluck host``: the coordinator API, the Lighthouse and the local agent, wired together.
+
+Start-up order makes failure cheap: bind the API socket and the Lighthouse first (a taken port
+fails before anything is written), then open the SQLite store, write ``host.json`` (how local
+commands find the API), serve, and start the local agent once the API answers. On Ctrl-C or
+SIGTERM everything is stopped in reverse order and ``host.json`` is removed.
+
+State dir layout::
+
+    potluck.db          SQLite: nodes, jobs, replicas, events, metrics
+    token               the join token (0600)
+    host.json           url, ports and pid of the running host (absent when stopped)
+    experiments/job-N/  per-job metrics (replicas/<node>.jsonl) and summary.json
+    local-agent/        the host's own agent: its node key, runs and log
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from potluck.coordinator.auth import write_private
+from potluck.coordinator.lighthouse import Lighthouse, LighthouseSettings, check_port_free
+from potluck.coordinator.schemas import Versions
+from potluck.coordinator.service import Coordinator, CoordinatorConfig
+from potluck.coordinator.store import Store
+from potluck.errors import ExperimentDirError, PortInUseError
+from potluck.log import get_logger
+from potluck.net.address import url_host
+
+log = get_logger("host")
+
+DEFAULT_PORT = 7077
+DEFAULT_LIGHTHOUSE_PORT = 7078
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/potluck`` (``~/.local/share/potluck``)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "potluck"
+
+
+@dataclass(kw_only=True)
+class HostConfig:
+    """Everything ``potluck host`` needs, validated by the CLI."""
+
+    state_dir: Path
+    """Where the database, token and experiments live."""
+    advertise: str
+    """Address to bind and advertise (already checked against the public-address rule)."""
+    interface: str | None
+    """Interface of ``advertise`` (for the local agent's gloo/NCCL settings)."""
+    port: int = DEFAULT_PORT
+    """HTTP API port (0: pick a free one)."""
+    lighthouse_port: int = DEFAULT_LIGHTHOUSE_PORT
+    """torchft Lighthouse port (0: pick a free one)."""
+    token: str
+    """The join token."""
+    versions: Versions
+    """This machine's versions."""
+    local_agent: bool = True
+    """Also run an agent here so the host's devices train."""
+    agent_args: list[str] = field(default_factory=list)
+    """Extra ``potluck join`` arguments for the local agent (``--emulate-speed``, ``--name``)."""
+    lighthouse: LighthouseSettings = field(default_factory=LighthouseSettings)
+    """Quorum settings."""
+    heartbeat_interval_s: float = 1.0
+    """How often agents heartbeat."""
+    node_timeout_s: float = 6.0
+    """Silence after which a node is marked lost."""
+
+    @property
+    def url(self) -> str:
+        return f"http://{url_host(self.advertise)}:{self.port}"
+
+
+def prepare_state_dir(path: Path) -> Path:
+    """Create the state dir (0700). Raises ExperimentDirError if it cannot be written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ExperimentDirError(
+            f"state dir {path} is not writable ({exc.strerror}): pass --state-dir with a "
+            "directory you own"
+        ) from exc
+    return path
+
+
+def bind_api_socket(address: str, port: int) -> socket.socket:
+    """The API's listening socket, bound now so a taken port fails early. Raises PortInUseError."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((address, port))
+    except OSError as exc:
+        sock.close()
+        raise PortInUseError(
+            f"cannot listen on {address}:{port} ({exc.strerror}): is another `potluck host` "
+            "running? Stop it, or pass --port with a free port"
+        ) from exc
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def read_host_file(state_dir: Path) -> dict[str, object] | None:
+    """``host.json`` of a running host in ``state_dir``, or None."""
+    try:
+        return json.loads((state_dir / "host.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class Host:
+    """A running host: call :meth:`serve` (blocks until Ctrl-C / SIGTERM)."""
+
+    def __init__(self, config: HostConfig) -> None:
+        self.config = config
+        prepare_state_dir(config.state_dir)
+        check_port_free(config.advertise, config.lighthouse_port, "lighthouse", "--lighthouse-port")
+        self.sock = bind_api_socket(config.advertise, config.port)
+        config.port = self.sock.getsockname()[1]
+        try:
+            self.lighthouse = Lighthouse(config.advertise, config.lighthouse_port, config.lighthouse)
+        except BaseException:
+            self.sock.close()
+            raise
+        config.lighthouse_port = self.lighthouse.port
+        self.store = Store(config.state_dir / "potluck.db")
+        self.coordinator = Coordinator(
+            self.store,
+            CoordinatorConfig(
+                state_dir=config.state_dir,
+                advertise=config.advertise,
+                port=config.port,
+                lighthouse_port=config.lighthouse_port,
+                versions=config.versions,
+                heartbeat_interval_s=config.heartbeat_interval_s,
+                node_timeout_s=config.node_timeout_s,
+            ),
+        )
+        self.agent: subprocess.Popen[bytes] | None = None
+
+    def serve(self, on_ready: Callable[[], None] | None = None) -> None:
+        import uvicorn
+
+        from potluck.coordinator.app import create_app
+
+        host = self
+
+        class _Server(uvicorn.Server):
+            # The local agent must say goodbye while the API still answers: stop it first.
+            def handle_exit(self, sig: int, frame: object) -> None:
+                if self.should_exit or getattr(self, "_stopping", False):
+                    super().handle_exit(sig, frame)  # a second Ctrl-C: stop now
+                    return
+                self._stopping = True
+                threading.Thread(target=self._graceful, daemon=True).start()
+
+            def _graceful(self) -> None:
+                host._stop_local_agent()
+                self.should_exit = True
+
+        app = create_app(self.coordinator, self.config.token)
+        server = _Server(
+            uvicorn.Config(
+                app, log_level="warning", access_log=False, lifespan="on",
+                timeout_graceful_shutdown=3,
+            )
+        )
+        host_file = self.config.state_dir / "host.json"
+
+        def when_up() -> None:
+            while not server.started and not server.should_exit:
+                time.sleep(0.02)
+            if server.should_exit:
+                return
+            write_private(
+                host_file,
+                json.dumps(
+                    {
+                        "url": self.config.url,
+                        "advertise": self.config.advertise,
+                        "port": self.config.port,
+                        "lighthouse_port": self.config.lighthouse_port,
+                        "pid": os.getpid(),
+                    }
+                ),
+            )
+            if self.config.local_agent:
+                self.agent = self._start_local_agent()
+            if on_ready:
+                on_ready()
+
+        threading.Thread(target=when_up, name="host-ready", daemon=True).start()
+        try:
+            server.run(sockets=[self.sock])
+        finally:
+            self._stop_local_agent()
+            host_file.unlink(missing_ok=True)
+            self.lighthouse.shutdown()
+            self.store.close()
+            self.sock.close()
+
+    def _start_local_agent(self) -> subprocess.Popen[bytes]:
+        agent_dir = self.config.state_dir / "local-agent"
+        agent_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable, "-m", "potluck", "join", f"{url_host(self.config.advertise)}:{self.config.port}",
+            "--state-dir", str(agent_dir), "--advertise", self.config.advertise,
+            *self.config.agent_args,
+        ]
+        env = {**os.environ, "POTLUCK_TOKEN": self.config.token, "POTLUCK_LOG_LEVEL": os.environ.get("POTLUCK_LOG_LEVEL", "INFO")}
+        logfile = open(agent_dir / "agent.log", "ab")
+        log.info("starting the local agent: %s", " ".join(cmd))
+        return subprocess.Popen(cmd, env=env, stdout=logfile, stderr=subprocess.STDOUT)
+
+    def _stop_local_agent(self) -> None:
+        if self.agent is None or self.agent.poll() is not None:
+            return
+        self.agent.send_signal(signal.SIGINT)  # the agent leaves the cluster cleanly
+        try:
+            self.agent.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.agent.kill()
+            self.agent.wait()

@@ -1,0 +1,194 @@
+"""Every message between the coordinator, the agents and the CLI: strict pydantic schemas.
+
+Requests forbid unknown fields (a typo is a 422 naming the field, not silently ignored);
+nothing from the network is ever unpickled. Bump ``API_VERSION`` on incompatible changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+API_VERSION = 1
+
+NodeState = Literal["alive", "lost", "left"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+ReplicaState = Literal["assigned", "starting", "running", "done", "failed", "lost", "stopped"]
+FINISHED_JOB_STATES = ("succeeded", "failed", "cancelled")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Versions(Strict):
+    """Software versions that must match across the cluster."""
+
+    python: str = Field(max_length=32, description="major.minor")
+    torch: str = Field(max_length=64)
+    torchft: str = Field(max_length=64)
+    potluck: str = Field(max_length=64)
+
+
+class Gpu(Strict):
+    name: str = Field(max_length=200)
+    memory_mb: int = Field(ge=0)
+
+
+class Hardware(Strict):
+    cpu_cores: int = Field(ge=1, le=4096)
+    memory_mb: int = Field(ge=0)
+    gpus: list[Gpu] = Field(default_factory=list, max_length=64)
+
+
+class RegisterRequest(Strict):
+    """An agent joining (or re-joining) the cluster."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    node_key: str = Field(
+        min_length=16, max_length=128, description="random id the agent keeps across restarts"
+    )
+    address: str = Field(min_length=1, max_length=64)
+    interface: str | None = Field(default=None, max_length=32)
+    hardware: Hardware
+    versions: Versions
+    speed: float = Field(default=1.0, gt=0, le=1000, description="emulated speed factor")
+
+
+class RegisterResponse(Strict):
+    node_id: int
+    name: str
+    slot: int
+    heartbeat_interval_s: float
+    lighthouse: str
+
+
+class ReplicaReport(Strict):
+    """What an agent knows about its replica process for one job."""
+
+    job_id: int
+    state: ReplicaState
+    step: int | None = None
+    exit_code: int | None = None
+    message: str | None = Field(default=None, max_length=2000)
+    ready: bool = False
+    """The replica is up (connected to the Lighthouse) and waits at the start barrier."""
+
+
+class HeartbeatRequest(Strict):
+    replicas: list[ReplicaReport] = Field(default_factory=list, max_length=16)
+
+
+class Assignment(Strict):
+    """A job this node should run a replica of."""
+
+    job_id: int
+    slot: int
+    name: str
+    lighthouse: str
+    job: dict[str, Any]
+    """``JobConfig`` fields (validated by the coordinator at submission)."""
+    go: bool = True
+    """False while the job waits for all first replicas to be ready (the start barrier), so
+    the first quorum holds every node; a replica started with ``go`` False waits for it."""
+
+
+class HeartbeatResponse(Strict):
+    assignment: Assignment | None = None
+    """The job to run now; None means run nothing (stop what is running)."""
+
+
+class MetricsRequest(Strict):
+    """Records from a replica's metrics file, in file order."""
+
+    records: list[dict[str, Any]] = Field(max_length=2000)
+
+
+class JobSubmit(Strict):
+    """A training job: ``JobConfig`` fields plus a display name."""
+
+    config: dict[str, Any]
+    name: str | None = Field(default=None, max_length=100)
+
+
+class NodeInfo(Strict):
+    id: int
+    name: str
+    slot: int
+    address: str
+    interface: str | None
+    hardware: Hardware
+    versions: Versions
+    speed: float
+    measured_samples_per_s: float | None
+    state: NodeState
+    last_heartbeat: float
+    joined_at: float
+
+
+class JobProgress(Strict):
+    step: int = 0
+    loss: float | None = None
+    samples_per_s: float | None = None
+    participants: int | None = None
+    shares: dict[str, float] = Field(default_factory=dict)
+    """Node name -> fraction of the global batch in the latest allocation."""
+
+
+class JobSummary(Strict):
+    job_id: int
+    state: JobState
+    nodes: list[str]
+    steps: int
+    samples_per_s: float | None
+    efficiency: float | None
+    final_loss: float | None
+    test_accuracy: float | None
+    run_dir: str
+
+
+class JobReplica(Strict):
+    node: str
+    slot: int
+    state: ReplicaState
+    step: int | None
+    exit_code: int | None
+    message: str | None
+
+
+class JobInfo(Strict):
+    id: int
+    name: str
+    state: JobState
+    config: dict[str, Any]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    progress: JobProgress
+    replicas: list[JobReplica]
+    summary: JobSummary | None
+    message: str | None
+
+
+class Event(Strict):
+    id: int
+    t: float
+    kind: str
+    message: str
+    node: str | None = None
+
+
+class ClusterInfo(Strict):
+    api_version: int
+    versions: Versions
+    lighthouse: str
+    advertise: str
+    port: int
+    lighthouse_port: int
+    heartbeat_interval_s: float
+    node_timeout_s: float
+
+
+class ErrorBody(Strict):
+    detail: str

@@ -1,0 +1,1 @@
+"""Networking helpers shared by the host, the agents and ``potluck doctor``."""
