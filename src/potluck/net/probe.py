@@ -92,13 +92,13 @@ class ProbeListener:
 
     def close(self) -> None:
         """Stop listening now (new connects are refused from here on); idempotent."""
-        self._closed.set()
         try:
             # shutdown() first: a thread polling the socket keeps it alive past close().
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         self._sock.close()
+        self._closed.set()  # only now: wait_closed() promises that connects are refused
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(1.0)
 
