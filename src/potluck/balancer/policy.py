@@ -12,6 +12,7 @@ same inputs, which is what keeps the data assignment consistent without extra me
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -53,9 +54,13 @@ def _water_level(speeds: Mapping[int, Speed], global_batch: int) -> tuple[float,
 def solve(speeds: Mapping[int, Speed], global_batch: int) -> dict[int, int]:
     """Integer shares minimising the predicted step time; every slot of ``speeds`` is a key.
 
-    A replica whose share would round to zero gets 0 (it is excluded from compute but still
-    takes part in the all-reduce) instead of stalling everybody. Raises ``ValueError`` on an
-    empty ``speeds`` or a non-positive ``sample_s``.
+    Exact: the continuous relaxation's level ``T_c`` is a lower bound of the optimum, so the
+    floor of each replica's relaxed share is safe to hand out; the rest goes one sample at a
+    time to whoever would finish it earliest, which is optimal for non-decreasing costs. A
+    replica whose first sample would cost more than the optimum (share rounds to zero, or
+    its fixed overhead is too large) gets 0: it is excluded from compute, still takes part
+    in the all-reduce, and stalls nobody. Raises ``ValueError`` on an empty ``speeds`` or a
+    non-positive ``sample_s``.
     """
     if not speeds:
         raise ValueError("cannot allocate a batch among zero replicas")
@@ -63,27 +68,19 @@ def solve(speeds: Mapping[int, Speed], global_batch: int) -> dict[int, int]:
         if not (sp.sample_s > 0 and math.isfinite(sp.sample_s)) or sp.overhead_s < 0:
             raise ValueError(f"replica {slot} has an invalid speed {sp}")
     level, active = _water_level(speeds, global_batch)
-    continuous = {r: max(0.0, (level - speeds[r].overhead_s) / speeds[r].sample_s) for r in active}
-    # Shares that round to zero are excluded before the integer completion.
-    keep = {r for r, b in continuous.items() if b >= 0.5} or {max(continuous, key=continuous.get)}
-    if keep != active:
-        level, active = _water_level({r: speeds[r] for r in keep}, global_batch)
-        continuous = {
-            r: max(0.0, (level - speeds[r].overhead_s) / speeds[r].sample_s) for r in active
-        }
     shares = {r: 0 for r in speeds}
-    for r, b in continuous.items():
-        shares[r] = int(math.floor(b))
-    overshoot = sum(shares.values()) - global_batch
-    order = sorted(active)
-    while overshoot > 0:  # float slack: take from the replica finishing last
+    for r in active:
+        shares[r] = max(0, int(math.floor((level - speeds[r].overhead_s) / speeds[r].sample_s)))
+    order = sorted(speeds)
+    while sum(shares.values()) > global_batch:  # float slack only
         r = max((s for s in order if shares[s] > 0), key=lambda s: (speeds[s].time(shares[s]), -s))
         shares[r] -= 1
-        overshoot -= 1
+    heap = [(speeds[r].overhead_s + speeds[r].sample_s * (shares[r] + 1), r) for r in order]
+    heapq.heapify(heap)
     for _ in range(global_batch - sum(shares.values())):
-        # Give the next sample to whoever would finish it earliest (ties: lowest slot).
-        r = min(order, key=lambda s: (speeds[s].overhead_s + speeds[s].sample_s * (shares[s] + 1), s))
+        _, r = heapq.heappop(heap)
         shares[r] += 1
+        heapq.heappush(heap, (speeds[r].overhead_s + speeds[r].sample_s * (shares[r] + 1), r))
     return shares
 
 

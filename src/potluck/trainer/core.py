@@ -8,6 +8,7 @@ big machine would compute. Micro-batches (memory caps) accumulate into the same 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 
@@ -81,6 +82,14 @@ def set_grads(model: nn.Module, flat: torch.Tensor) -> None:
         n = p.numel()
         p.grad = flat[offset : offset + n].view_as(p).clone()
         offset += n
+
+
+def params_digest(model: nn.Module) -> str:
+    """sha256 of every parameter's bytes: equal digests mean bit-identical replicas."""
+    digest = hashlib.sha256()
+    for p in model.parameters():
+        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def num_params(model: nn.Module) -> int:

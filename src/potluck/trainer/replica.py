@@ -28,6 +28,7 @@ from potluck.trainer.core import (
     flat_grads,
     local_gradients,
     num_params,
+    params_digest,
     set_grads,
 )
 from potluck.trainer.emulation import Emulator, calibrate
@@ -211,6 +212,7 @@ class Replica:
             "wall_s": round(ended - started, 3), "started_at": started, "ended_at": ended,
             "allocation": {str(k): v for k, v in self.balancer.allocation.items()},
             "rebalances": self.balancer.rebalances, "host": socket.gethostname(),
+            "params_sha256": params_digest(tr.model),
         }
         if spec.save_model:
             torch.save(tr.model.state_dict(), spec.save_model)
