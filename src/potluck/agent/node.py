@@ -126,6 +126,9 @@ class Agent:
     def run(self) -> None:
         """Heartbeat until :meth:`stop`; then stop the replica and leave the cluster."""
         backoff, outage_since = 0.0, None
+        from potluck.agent.doctor_handler import DoctorHandler  # potluck doctor (issue 4)
+
+        self.doctor = DoctorHandler(self).start()
         try:
             while not self.stop_event.is_set():
                 try:
@@ -224,6 +227,7 @@ class Agent:
             self.runner = ReplicaRunner(assignment, self.config.node, self.config.state_dir / "runs")
 
     def _shutdown(self) -> None:
+        self.doctor.stop()
         if self.runner is not None:
             self.runner.stop()
             self.runner = None

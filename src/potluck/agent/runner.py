@@ -46,6 +46,7 @@ def replica_env(settings: NodeSettings, base: dict[str, str] | None = None) -> d
     """The replica's environment: ``base`` plus the interface pins. Pure."""
     env = dict(os.environ if base is None else base)
     env.pop("POTLUCK_TOKEN", None)  # replicas never talk to the API; keep the secret out
+    env.setdefault("RUST_LOG", "warn")  # torchft logs every step at INFO otherwise
     if settings.interface:
         for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "TP_SOCKET_IFNAME"):
             env[var] = settings.interface

@@ -226,7 +226,9 @@ def status(
     client = _connect(host_url, token, state_dir)
     nodes = client.nodes()
     if json_out:
-        _print_json([n.model_dump() for n in nodes])
+        from potluck.doctor.remote import attach_links  # measured links (issue 4)
+
+        _print_json(attach_links(client, [n.model_dump() for n in nodes]))
     elif not nodes:
         console.print("no nodes yet: run `potluck join` on a machine")
     else:
@@ -325,6 +327,9 @@ def train(
         "epochs": epochs, "policy": policy, "lr": lr, "seed": seed,
     })
     client = _connect(host_url, token, state_dir)
+    from potluck.doctor.remote import preflight  # no job on a cluster that would fail (issue 4)
+
+    preflight(client)
     job = client.submit(config, name)
     if detach:
         if json_out:

@@ -109,4 +109,7 @@ def create_app(coordinator: Coordinator, token: str, *, tick_s: float = 1.0) -> 
     async def events(job_id: int, after: int = 0) -> list[s.Event]:
         return coordinator.events(job_id, after)
 
+    from potluck.coordinator.doctor_routes import doctor_router  # potluck doctor (issue 4)
+
+    api.include_router(doctor_router(coordinator))
     return TokenMiddleware(api, token)

@@ -6,6 +6,7 @@ when the host starts, never on the API's request path.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ class Lighthouse:
 
     def __init__(self, address: str, port: int, settings: LighthouseSettings) -> None:
         check_port_free(address, port, "lighthouse", "--lighthouse-port")
+        # torchft's Rust side logs every quorum tick at INFO; keep the host's terminal readable.
+        os.environ.setdefault("RUST_LOG", "warn")
         from torchft.coordination import LighthouseServer  # heavy: imports torch
 
         bind = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"

@@ -1,0 +1,105 @@
+"""The agent's side of ``potluck doctor --cluster``: open a probe listener, probe peers.
+
+A daemon thread long-polls the coordinator's ``/api/v1/doctor/tasks/{node_id}``. A ``listen``
+task opens a :class:`~potluck.net.probe.ProbeListener` on this node's data-plane address for
+the round's lifetime and reports its port together with this node's local checks; a
+``probe`` task probes every listed peer and reports the raw measurements (the coordinator
+classifies them). Independent of the heartbeat loop: a slow probe never delays a heartbeat,
+and a coordinator without doctor routes (404) just stops the thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import httpx
+
+from potluck.doctor import schemas as d
+from potluck.log import get_logger
+from potluck.net.probe import ProbeListener, ProbeSettings, probe_link
+
+log = get_logger("agent.doctor")
+
+POLL_WAIT_S = 20.0
+
+
+class DoctorHandler:
+    """Serve doctor rounds for one agent. ``agent`` is read for ``node_id`` on every poll
+    (it changes when the agent registers again)."""
+
+    def __init__(self, agent: Any) -> None:
+        self.agent = agent
+        config = agent.config
+        self.url = config.url.rstrip("/")
+        self.address: str = config.node.advertise
+        self.host = httpx.URL(self.url).host
+        self.name: str = getattr(agent.registration, "name", None) or config.name
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {config.token}"},
+            timeout=POLL_WAIT_S + 10,
+            trust_env=False,
+        )
+        self._stop = threading.Event()
+        self._listeners: list[ProbeListener] = []
+        self._thread = threading.Thread(target=self._loop, name="doctor", daemon=True)
+
+    def start(self) -> DoctorHandler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for listener in self._listeners:
+            listener.close()
+        self._http.close()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            node_id = self.agent.node_id
+            try:
+                resp = self._http.get(f"/api/v1/doctor/tasks/{node_id}", params={"wait": POLL_WAIT_S})
+                if resp.status_code == 404 and "doctor run" not in resp.text:
+                    log.info("the host has no doctor routes; not serving doctor rounds")
+                    return
+                resp.raise_for_status()
+                task = d.TaskResponse(**resp.json()).task
+                if task is not None:
+                    self._handle(node_id, task)
+            except (httpx.HTTPError, ValueError) as exc:
+                if self._stop.is_set():
+                    return
+                log.debug("doctor poll failed: %s", exc)
+                self._stop.wait(2.0)
+
+    def _handle(self, node_id: int, task: d.Task) -> None:
+        if task.kind == "listen":
+            body = d.Listening(node_id=node_id, port=0, checks=self._checks(task.mode))
+            try:
+                listener = ProbeListener(self.address, 0, ttl=task.ttl_s).start()
+            except OSError as exc:
+                body.error = f"cannot open a probe listener on {self.address}: {exc}"
+            else:
+                self._listeners = [lst for lst in self._listeners if not lst.closed] + [listener]
+                body.port = listener.port
+            self._post(f"/api/v1/doctor/runs/{task.run_id}/listening", body)
+        else:
+            settings = ProbeSettings(**task.settings)
+            probes = [
+                d.ProbeOut(target=t.name, probe=probe_link(t.address, t.port, settings).to_dict())
+                for t in task.targets
+            ]
+            self._post(f"/api/v1/doctor/runs/{task.run_id}/probed", d.Probed(node_id=node_id, probes=probes))
+
+    def _checks(self, mode: str) -> list[dict[str, Any]]:
+        from potluck.doctor.node import node_checks_for_agent
+
+        checks = node_checks_for_agent(
+            self.name, self.host, self.address, self.agent.config.state_dir, cuda=mode == "full"
+        )
+        return [c.to_dict() for c in checks]
+
+    def _post(self, path: str, body: Any) -> None:
+        resp = self._http.post(path, json=body.model_dump())
+        resp.raise_for_status()

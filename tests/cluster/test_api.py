@@ -1,0 +1,104 @@
+"""The HTTP API on a real uvicorn server (loopback, port 0): auth, validation, error shapes."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from cluster_helpers import wait_until
+
+from potluck.agent.client import CoordinatorClient
+from potluck.agent.hardware import local_versions
+from potluck.coordinator.app import create_app
+from potluck.coordinator.auth import load_or_create_token, token_matches
+from potluck.coordinator.schemas import RegisterRequest
+from potluck.coordinator.service import Coordinator, CoordinatorConfig
+from potluck.coordinator.store import Store
+from potluck.errors import AuthError, ConfigError, HostUnreachableError
+
+TOKEN = "t0ken-for-tests-0123456789abcdef"
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    store = Store(tmp_path / "potluck.db")
+    coord = Coordinator(store, CoordinatorConfig(state_dir=tmp_path, advertise="127.0.0.1", port=0,
+                                                 lighthouse_port=1, versions=local_versions()))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(coord, TOKEN), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, 20, "uvicorn to start")
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    yield {"url": url, "store": store}
+    server.should_exit = True
+    thread.join(10)
+    sock.close()
+    store.close()
+
+
+def register_body(name: str = "a") -> dict[str, Any]:
+    return {"name": name, "node_key": "k" * 32, "address": "127.0.0.3",
+            "hardware": {"cpu_cores": 2, "memory_mb": 1024}, "versions": local_versions().model_dump()}
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-token-wrong-token"},
+                                     {"Authorization": f"Basic {TOKEN}"}])
+def test_requests_without_the_right_token_get_401_and_store_nothing(api: dict[str, Any], headers: dict[str, str]) -> None:
+    resp = httpx.post(f"{api['url']}/api/v1/nodes", json=register_body(), headers=headers)
+    assert resp.status_code == 401
+    detail = resp.json()["detail"]
+    assert "token" in detail and TOKEN not in resp.text
+    assert ("missing" in detail) == (not headers)
+    assert api["store"].nodes() == []
+    # A malformed body without a token is still a 401: auth comes before parsing.
+    assert httpx.post(f"{api['url']}/api/v1/jobs", content=b"{not json", headers=headers).status_code == 401
+
+
+def test_malformed_requests_get_422_naming_the_field(api: dict[str, Any]) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    body = register_body()
+    body["hardware"]["cpu_cores"] = "lots"
+    resp = httpx.post(f"{api['url']}/api/v1/nodes", json=body, headers=auth)
+    assert resp.status_code == 422
+    assert "hardware.cpu_cores" in resp.json()["detail"]
+    resp = httpx.post(f"{api['url']}/api/v1/nodes", json={**register_body(), "extra": 1}, headers=auth)
+    assert resp.status_code == 422 and "'extra'" in resp.json()["detail"]
+    resp = httpx.post(f"{api['url']}/api/v1/nodes", content=b"\x80\x04pickle", headers=auth)
+    assert resp.status_code == 422
+    assert api["store"].nodes() == []
+
+
+def test_client_translates_errors_to_one_line_potluck_errors(api: dict[str, Any]) -> None:
+    good = CoordinatorClient(api["url"], TOKEN)
+    assert good.info().versions == local_versions()
+    with pytest.raises(AuthError, match="wrong token"):
+        CoordinatorClient(api["url"], "not-the-token-at-all").nodes()
+    good.register(RegisterRequest(**register_body()))
+    with pytest.raises(ConfigError, match="unknown model 'gpt5'"):
+        good.submit({"model": "gpt5"})
+    assert good.jobs() == []
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.raises(HostUnreachableError, match=f"cannot reach host http://127.0.0.1:{port} \\(connection refused\\)"):
+        CoordinatorClient(f"http://127.0.0.1:{port}", TOKEN).nodes()
+
+
+def test_token_file_is_private_and_random(tmp_path: Path) -> None:
+    first = load_or_create_token(tmp_path, None)
+    assert (tmp_path / "token").stat().st_mode & 0o777 == 0o600
+    assert len(first) >= 32  # 24 random bytes, urlsafe base64
+    assert load_or_create_token(tmp_path, None) == first
+    (tmp_path / "other").mkdir()
+    assert load_or_create_token(tmp_path / "other", None) != first
+    assert token_matches(first, f"Bearer {first}") and not token_matches(first, f"Bearer {first}x")
+    with pytest.raises(ConfigError, match="at least 16"):
+        load_or_create_token(tmp_path, "short")

@@ -1,0 +1,89 @@
+"""Bad input from a user, as real processes: one red line, a non-zero exit, nothing stored."""
+
+from __future__ import annotations
+
+import subprocess
+
+from cluster_helpers import free_port
+
+from conftest import Cluster
+
+
+def one_error_line(out: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+    assert lines, f"no error printed (rc {out.returncode}); stdout: {out.stdout}"
+    assert lines[-1].startswith("error: "), out.stderr
+    assert "Traceback" not in out.stderr
+    return lines[-1]
+
+
+def test_join_errors_leave_the_cluster_empty(cluster: Cluster) -> None:
+    host = cluster.start_host("127.0.0.2")
+    target = host["url"].removeprefix("http://")
+    base = ["join", target, "--advertise", "127.0.0.3", "--state-dir", str(cluster.tmp / "a")]
+
+    wrong = cluster.run(*base, "--token", "x" * 32)
+    assert wrong.returncode == 1
+    line = one_error_line(wrong)
+    assert "wrong token" in line and "x" * 32 not in line
+
+    missing = cluster.run(*base)
+    assert missing.returncode == 1 and "missing token" in one_error_line(missing)
+
+    mismatch = cluster.run(*base, POTLUCK_TOKEN=host["token"], POTLUCK_FAKE_VERSION_TORCH="2.0.1")
+    assert mismatch.returncode == 1
+    assert "versions differ from the host" in mismatch.stderr and "torch==" in mismatch.stderr
+    assert "torch 2.0.1 (host has 2.13" in one_error_line(mismatch)
+
+    port = free_port("127.0.0.2")
+    unreachable = cluster.run("join", f"127.0.0.2:{port}", "--advertise", "127.0.0.3",
+                              "--state-dir", str(cluster.tmp / "a"), POTLUCK_TOKEN=host["token"])
+    assert unreachable.returncode == 1
+    line = one_error_line(unreachable)
+    assert f"cannot reach host http://127.0.0.2:{port} (connection refused)" in line
+    assert "is `potluck host` running there" in line
+
+    not_mine = cluster.run(*base[:2], "--advertise", "127.0.0.3x", POTLUCK_TOKEN=host["token"])
+    assert not_mine.returncode == 1 and "not an IP address" in one_error_line(not_mine)
+
+    assert cluster.json("status") == []
+    assert host["proc"].alive()
+
+
+def test_host_port_in_use_and_bad_job_config(cluster: Cluster) -> None:
+    host = cluster.start_host("127.0.0.2")
+    clash = cluster.run("host", "--advertise", "127.0.0.2", "--port", str(host["port"]),
+                        "--lighthouse-port", "0", "--state-dir", str(cluster.tmp / "second"), "--no-local-agent")
+    assert clash.returncode == 1
+    line = one_error_line(clash)
+    assert f"127.0.0.2:{host['port']}" in line and "--port" in line
+    lh_clash = cluster.run("host", "--advertise", "127.0.0.2", "--port", "0", "--lighthouse-port",
+                           str(host["lighthouse_port"]), "--state-dir", str(cluster.tmp / "third"), "--no-local-agent")
+    assert lh_clash.returncode == 1 and "--lighthouse-port" in one_error_line(lh_clash)
+    assert not (cluster.tmp / "second" / "potluck.db").exists()
+
+    unknown = cluster.cli("train", "--model", "resnet9000", "--steps", "5")
+    assert unknown.returncode == 2
+    assert "unknown model 'resnet9000'" in one_error_line(unknown)
+    yaml_file = cluster.tmp / "job.yaml"
+    yaml_file.write_text("steps: 5\nglobal_batchh: 64\n")
+    typo = cluster.cli("train", "--config", str(yaml_file))
+    assert typo.returncode == 2 and "global_batchh" in one_error_line(typo)
+    no_nodes = cluster.cli("train", "--steps", "5")
+    assert no_nodes.returncode == 1 and "no live nodes" in one_error_line(no_nodes)
+    assert cluster.json("jobs") == []
+
+    not_local = cluster.run("host", "--advertise", "10.255.255.254", "--state-dir", str(cluster.tmp / "x"))
+    assert not_local.returncode == 1 and "no interface of this machine" in one_error_line(not_local)
+    nothing_running = cluster.run("status", "--state-dir", str(cluster.tmp / "nowhere"))
+    assert nothing_running.returncode == 1 and "no running `potluck host`" in one_error_line(nothing_running)
+
+
+def test_show_ports_lists_every_port(cluster: Cluster) -> None:
+    out = cluster.run("host", "--show-ports", "--port", "9100", "--lighthouse-port", "9101", "--json")
+    assert out.returncode == 0, out.stderr
+    import json
+
+    rows = json.loads(out.stdout)
+    assert [r["port"] for r in rows[:2]] == ["9100", "9101"]
+    assert "gloo" in rows[2]["what"]

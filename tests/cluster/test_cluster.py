@@ -1,0 +1,153 @@
+"""A real cluster on one box: `potluck host` and `potluck join` processes on distinct loopback
+addresses, jobs trained with real gloo collectives under torchft, failures injected by killing
+processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import Any
+
+import pytest
+from cluster_helpers import free_port, wait_until
+
+from conftest import Cluster
+
+# Emulated devices: a speed-1.0 device computes a sample in 0.4 ms, so speeds show in timings.
+JOB = ["--model", "mlp", "--dataset", "digits", "--global-batch", "128", "--policy", "dynamic"]
+
+
+def job_yaml(cluster: Cluster, **fields: Any) -> str:
+    path = cluster.tmp / "job.yaml"
+    path.write_text("".join(f"{k}: {v}\n" for k, v in {"emulated_sample_s": 0.0004, "step_timeout_s": 8,
+                                                        "rebalance_interval": 5, **fields}.items()))
+    return str(path)
+
+
+def job(cluster: Cluster, job_id: int) -> dict[str, Any]:
+    return next(j for j in cluster.json("jobs") if j["id"] == job_id)
+
+
+def test_three_nodes_with_mixed_speeds_train_digits(cluster: Cluster) -> None:
+    # The host trains too (local agent at 127.0.0.2); two friends join at .3 and .4.
+    host = cluster.start_host("127.0.0.2", "--name", "hostbox", "--emulate-speed", "1.0", local_agent=True)
+    cluster.start_agent(host, "friend-b", "127.0.0.3", 0.5)
+    cluster.start_agent(host, "friend-c", "127.0.0.4", 0.25)
+    wait_until(lambda: len(cluster.nodes()) == 3, 60, "three nodes to join")
+
+    nodes = cluster.nodes()
+    assert {n: (v["address"], v["interface"], v["state"]) for n, v in nodes.items()} == {
+        "hostbox": ("127.0.0.2", "lo", "alive"),
+        "friend-b": ("127.0.0.3", "lo", "alive"),
+        "friend-c": ("127.0.0.4", "lo", "alive"),
+    }
+    assert len({v["slot"] for v in nodes.values()}) == 3
+
+    out = cluster.cli("train", *JOB, "--steps", "80", "--config", job_yaml(cluster), "--json", timeout=180)
+    assert out.returncode == 0, out.stderr + out.stdout
+    summary = json.loads(out.stdout)
+    assert summary["state"] == "succeeded"
+    assert summary["nodes"] == ["friend-b", "friend-c", "hostbox"]
+    assert summary["steps"] >= 79
+    assert summary["test_accuracy"] >= 0.9
+    assert summary["final_loss"] < 0.5
+    assert summary["samples_per_s"] > 0 and 0 < summary["efficiency"] <= 1
+
+    # Each replica advertised its own loopback address and pinned gloo to `lo`.
+    for name, addr in (("friend-b", "127.0.0.3"), ("friend-c", "127.0.0.4")):
+        spec = json.loads(next((cluster.tmp / f"agent-{name}" / "runs").glob("job-*/attempt-*/spec.json")).read_text())
+        assert spec["advertise_host"] == addr
+    # The dynamic policy gave the fastest node the largest share of the batch.
+    shares = job(cluster, summary["job_id"])["progress"]["shares"]
+    assert shares["hostbox"] > shares["friend-b"] > shares["friend-c"]
+    # Metrics were streamed to the host and stored there.
+    run_dir = cluster.host_dir / "experiments" / f"job-{summary['job_id']}"
+    assert json.loads((run_dir / "summary.json").read_text())["state"] == "succeeded"
+    lines = (run_dir / "replicas" / "friend-c.jsonl").read_text().splitlines()
+    assert any(json.loads(line)["type"] == "done" for line in lines)
+    # Measured speeds reflect the emulated ones.
+    speeds = {n: v["measured_samples_per_s"] for n, v in cluster.nodes().items()}
+    assert speeds["hostbox"] > speeds["friend-b"] > speeds["friend-c"] > 0
+
+    text = cluster.cli("status")
+    assert text.returncode == 0 and "friend-c" in text.stdout
+    logs = cluster.cli("logs", str(summary["job_id"]))
+    assert "training starts (all replicas ready)" in logs.stdout and "succeeded" in logs.stdout
+
+
+def test_killed_agent_is_lost_then_rejoins_the_running_job(cluster: Cluster) -> None:
+    host = cluster.start_host("127.0.0.2")
+    cluster.start_agent(host, "b", "127.0.0.3", 1.0)
+    c = cluster.start_agent(host, "c", "127.0.0.4", 0.5)
+    wait_until(lambda: len(cluster.nodes()) == 2, 60, "two nodes to join")
+
+    out = cluster.cli("train", *JOB, "--steps", "250", "--config", job_yaml(cluster), "--detach", "--json")
+    assert out.returncode == 0, out.stderr
+    job_id = json.loads(out.stdout)["job_id"]
+    wait_until(lambda: job(cluster, job_id)["progress"]["step"] >= 15, 90, "training to reach step 15")
+
+    cluster.stop(c, signal.SIGKILL)  # the machine vanishes; its replica dies with the agent
+    wait_until(lambda: cluster.nodes()["c"]["state"] == "lost", 30, "node c to be marked lost")
+    status = cluster.cli("status")
+    assert "lost" in status.stdout
+    step_at_loss = job(cluster, job_id)["progress"]["step"]
+    wait_until(lambda: job(cluster, job_id)["progress"]["step"] >= step_at_loss + 10, 60,
+               "training to go on without c")
+    assert job(cluster, job_id)["state"] == "running"
+
+    cluster.start_agent(host, "c", "127.0.0.4", 0.5)  # same state dir: same node, same slot
+    wait_until(lambda: cluster.nodes()["c"]["state"] == "alive", 30, "node c to come back")
+
+    final = wait_until(lambda: (j := job(cluster, job_id))["state"] in ("succeeded", "failed") and j, 150,
+                       "the job to end")
+    assert final["state"] == "succeeded", final
+    events = cluster.cli("logs", str(job_id)).stdout
+    assert "c lost" not in events  # node events are not job events
+    assert "re-assigned to c" in events
+    replicas = {r["node"]: r for r in final["replicas"]}
+    assert replicas["c"]["state"] == "done" and replicas["b"]["state"] == "done"
+    # c's second replica trained after healing into the group: it wrote committed steps.
+    attempts = sorted((cluster.tmp / "agent-c" / "runs" / f"job-{job_id}").glob("attempt-*"))
+    assert len(attempts) == 2
+    second = [json.loads(x) for x in (attempts[1] / "replicas" / "c.jsonl").read_text().splitlines()]
+    assert any(r["type"] == "step" and r["committed"] for r in second)
+    assert second[-1]["type"] == "done"
+
+
+def test_coordinator_restart_keeps_state_and_agents_reconnect(cluster: Cluster) -> None:
+    port, lh_port = free_port("127.0.0.2"), free_port("127.0.0.2")
+    ports = ("--port", str(port), "--lighthouse-port", str(lh_port))
+    host = cluster.start_host("127.0.0.2", *ports)
+    cluster.start_agent(host, "b", "127.0.0.3", 1.0)
+    cluster.start_agent(host, "c", "127.0.0.4", 0.5)
+    wait_until(lambda: len(cluster.nodes()) == 2, 60, "two nodes to join")
+    first = cluster.cli("train", *JOB, "--steps", "10", "--config", job_yaml(cluster), "--json", timeout=120)
+    assert first.returncode == 0, first.stderr
+    first_id = json.loads(first.stdout)["job_id"]
+
+    assert cluster.stop(host["proc"]) == 0  # SIGTERM: a clean stop
+    assert not (cluster.host_dir / "host.json").exists()
+    down = cluster.cli("status")
+    assert down.returncode == 1 and "no running `potluck host`" in down.stderr
+
+    cluster.start_host("127.0.0.2", *ports, name="host-again")
+    nodes = cluster.nodes()
+    assert set(nodes) == {"b", "c"}  # remembered from SQLite
+    wait_until(lambda: all(n["state"] == "alive" for n in cluster.nodes().values()), 60,
+               "agents to reconnect by themselves")
+    assert job(cluster, first_id)["state"] == "succeeded"
+    assert "lost connection to the host" in (cluster.tmp / "agent-b.log").read_text()
+    second = cluster.cli("train", *JOB, "--steps", "10", "--config", job_yaml(cluster), "--json", timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["nodes"] == ["b", "c"]
+    assert [j["id"] for j in cluster.json("jobs")] == [first_id + 1, first_id]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT])
+def test_ctrl_c_leaves_the_cluster_cleanly(cluster: Cluster, sig: int) -> None:
+    host = cluster.start_host("127.0.0.2")
+    agent = cluster.start_agent(host, "b", "127.0.0.3", 1.0)
+    wait_until(lambda: cluster.nodes().get("b", {}).get("state") == "alive", 60, "b to join")
+    assert cluster.stop(agent, sig) == 0
+    assert cluster.nodes()["b"]["state"] == "left"
+    assert "b left the cluster" in (cluster.tmp / "agent-b.log").read_text()

@@ -1,0 +1,180 @@
+"""The coordinator's rules on a real SQLite file, without processes: membership, slots, job
+life cycle, start barrier, summaries, restart."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from potluck.agent.hardware import compare_versions, local_versions, parse_nvidia_smi
+from potluck.coordinator import schemas as s
+from potluck.coordinator.service import ApiError, Coordinator, CoordinatorConfig
+from potluck.coordinator.store import Store
+
+VERSIONS = s.Versions(python="3.11", torch="2.13.0+cpu", torchft="0.2.0", potluck="0.1.0")
+HW = s.Hardware(cpu_cores=2, memory_mb=4096)
+
+
+def make(tmp_path: Path) -> Coordinator:
+    store = Store(tmp_path / "potluck.db")
+    return Coordinator(
+        store,
+        CoordinatorConfig(state_dir=tmp_path, advertise="127.0.0.2", port=7077,
+                          lighthouse_port=7078, versions=VERSIONS, node_timeout_s=5.0),
+    )
+
+
+def reg(c: Coordinator, name: str, key: str | None = None, **versions: str) -> s.RegisterResponse:
+    return c.register(
+        s.RegisterRequest(name=name, node_key=key or f"key-{name}-0123456789", address="127.0.0.3",
+                          hardware=HW, versions=VERSIONS.model_copy(update=versions))
+    )
+
+
+def test_names_are_unique_and_slots_stable(tmp_path: Path) -> None:
+    c = make(tmp_path)
+    a, b = reg(c, "box", key="k" * 20), reg(c, "box", key="j" * 20)
+    assert (a.name, a.slot) == ("box", 0)
+    assert (b.name, b.slot) == ("box-2", 1)
+    again = reg(c, "box", key="j" * 20)  # same node key: same node, same slot
+    assert (again.node_id, again.name, again.slot) == (b.node_id, "box-2", 1)
+    assert [n.name for n in c.nodes()] == ["box", "box-2"]
+
+
+def test_version_mismatch_is_refused_and_nothing_stored(tmp_path: Path) -> None:
+    c = make(tmp_path)
+    with pytest.raises(ApiError) as err:
+        reg(c, "old", torch="2.12.0")
+    assert err.value.status == 409
+    assert err.value.extra["diffs"][0]["component"] == "torch"
+    assert "2.12.0" in err.value.detail and "2.13.0" in err.value.detail
+    assert c.nodes() == []
+
+
+def test_cuda_and_cpu_builds_of_one_torch_are_compatible() -> None:
+    node = VERSIONS.model_copy(update={"torch": "2.13.0+cu121"})
+    assert compare_versions(VERSIONS, node) == []
+    diffs = compare_versions(VERSIONS, VERSIONS.model_copy(update={"python": "3.12"}))
+    assert [(d.component, d.host, d.node) for d in diffs] == [("python", "3.11", "3.12")]
+    assert "3.11" in diffs[0].fix
+
+
+def test_fake_version_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POTLUCK_FAKE_VERSION_TORCHFT", "9.9.9")
+    assert local_versions().torchft == "9.9.9"
+
+
+def test_nvidia_smi_parsing() -> None:
+    gpus = parse_nvidia_smi("NVIDIA GeForce RTX 3090, 24576\nTesla T4, 15360\n")
+    assert [(g.name, g.memory_mb) for g in gpus] == [("NVIDIA GeForce RTX 3090", 24576), ("Tesla T4", 15360)]
+
+
+def test_submit_needs_a_live_node_and_a_valid_config(tmp_path: Path) -> None:
+    c = make(tmp_path)
+    with pytest.raises(ApiError, match="no live nodes"):
+        c.submit(s.JobSubmit(config={"steps": 5}))
+    reg(c, "a")
+    with pytest.raises(ApiError, match="unknown model 'resnet9000'") as err:
+        c.submit(s.JobSubmit(config={"model": "resnet9000"}))
+    assert err.value.status == 422
+    with pytest.raises(ApiError, match="unknown job field.*stepz"):
+        c.submit(s.JobSubmit(config={"stepz": 5}))
+    assert c.jobs() == []
+
+
+def test_job_life_cycle_with_start_barrier(tmp_path: Path) -> None:
+    c = make(tmp_path)
+    a, b = reg(c, "a"), reg(c, "b")
+    job = c.submit(s.JobSubmit(config={"steps": 3, "global_batch": 64}))
+    assert job.state == "running"
+    assert {r.node for r in job.replicas} == {"a", "b"}
+    # Both get the job, in their slots, held at the start barrier.
+    first = c.heartbeat(a.node_id, s.HeartbeatRequest()).assignment
+    assert first is not None and (first.slot, first.go) == (0, False)
+    c.heartbeat(a.node_id, s.HeartbeatRequest(replicas=[s.ReplicaReport(job_id=job.id, state="starting", ready=True)]))
+    c.tick()
+    assert c.heartbeat(a.node_id, s.HeartbeatRequest()).assignment.go is False  # b not ready
+    c.heartbeat(b.node_id, s.HeartbeatRequest(replicas=[s.ReplicaReport(job_id=job.id, state="starting", ready=True)]))
+    c.tick()
+    assert c.heartbeat(b.node_id, s.HeartbeatRequest()).assignment.go is True
+    # Metrics: steps and an allocation, then done records.
+    for node, slot in ((a, 0), (b, 1)):
+        c.metrics(node.node_id, job.id, s.MetricsRequest(records=[
+            {"type": "allocation", "step": 0, "allocation": {"0": 40, "1": 24}, "reason": "r"},
+            *[{"type": "step", "step": i, "committed": True, "local_batch": 40 - 16 * slot,
+               "compute_s": 0.03, "comm_s": 0.01, "wait_s": 0.01 * slot, "loss": 2.0 - i / 2,
+               "samples_per_s": 900.0} for i in range(3)],
+            {"type": "done", "step": 2, "final_loss": 1.0, "test_accuracy": 0.9, "loss": float("nan")},
+        ]))
+    info = c.job_info(job.id)
+    assert info.progress.step == 2 and info.progress.shares == {"a": 0.625, "b": 0.375}
+    for node in (a, b):
+        c.heartbeat(node.node_id, s.HeartbeatRequest(replicas=[s.ReplicaReport(job_id=job.id, state="done", exit_code=0)]))
+    c.tick()
+    final = c.job_info(job.id)
+    assert final.state == "succeeded"
+    summ = final.summary
+    assert summ is not None
+    assert (summ.nodes, summ.steps, summ.final_loss, summ.test_accuracy) == (["a", "b"], 2, 1.0, 0.9)
+    assert summ.samples_per_s == pytest.approx(900.0)
+    assert 0.5 < summ.efficiency < 1.0
+    on_disk = json.loads((tmp_path / "experiments" / f"job-{job.id}" / "summary.json").read_text())
+    assert on_disk["state"] == "succeeded"
+    assert len((tmp_path / "experiments" / f"job-{job.id}" / "replicas" / "a.jsonl").read_text().splitlines()) == 5
+    # Nothing runs after the end.
+    assert c.heartbeat(a.node_id, s.HeartbeatRequest()).assignment is None
+
+
+def test_silent_node_is_lost_then_rejoins_the_running_job(tmp_path: Path) -> None:
+    c = make(tmp_path)
+    reg(c, "a")
+    b = reg(c, "b")
+    job = c.submit(s.JobSubmit(config={"steps": 100}))
+    c._last_seen[b.node_id] = time.time() - 60  # b went silent
+    c.tick()
+    nodes = {n.name: n.state for n in c.nodes()}
+    assert nodes == {"a": "alive", "b": "lost"}
+    assert {r.node: r.state for r in c.job_info(job.id).replicas}["b"] == "lost"
+    assert c.job_info(job.id).state == "running"
+    # b comes back (agent restarted, same node key): re-assigned to the running job.
+    back = reg(c, "b")
+    assert back.slot == b.slot
+    assignment = c.heartbeat(back.node_id, s.HeartbeatRequest()).assignment
+    assert assignment is not None and assignment.job_id == job.id
+    assert {n.name: n.state for n in c.nodes()}["b"] == "alive"
+
+
+def test_every_replica_failed_fails_the_job_and_the_next_starts(tmp_path: Path) -> None:
+    c = make(tmp_path)
+    a = reg(c, "a")
+    first = c.submit(s.JobSubmit(config={"steps": 5}))
+    second = c.submit(s.JobSubmit(config={"steps": 5}))
+    assert (first.state, second.state) == ("running", "queued")
+    c.heartbeat(a.node_id, s.HeartbeatRequest(replicas=[
+        s.ReplicaReport(job_id=first.id, state="failed", exit_code=1, message="boom")]))
+    c.tick()
+    assert c.job_info(first.id).state == "failed"
+    assert "boom" in (c.job_info(first.id).message or "")
+    assert c.job_info(second.id).state == "running"
+    assert c.cancel(second.id).state == "cancelled"
+    with pytest.raises(ApiError, match="already cancelled"):
+        c.cancel(second.id)
+
+
+def test_restart_keeps_nodes_jobs_and_events(tmp_path: Path) -> None:
+    c = make(tmp_path)
+    a = reg(c, "a")
+    job = c.submit(s.JobSubmit(config={"steps": 5}, name="keep-me"))
+    c.tick()
+    c.store.close()
+    again = make(tmp_path)
+    assert [n.name for n in again.nodes()] == ["a"]
+    info = again.job_info(job.id)
+    assert (info.name, info.state) == ("keep-me", "running")
+    assert [e.message for e in again.events(job.id)][:1] == ["submitted"]
+    # The node's agent reconnects with its old id; it gets the running job, not held at a barrier.
+    assignment = again.heartbeat(a.node_id, s.HeartbeatRequest()).assignment
+    assert assignment is not None and assignment.go
