@@ -101,10 +101,14 @@ class ReplicaRunner:
         self._last_step: int | None = None
         spec_path = self.run_dir / "spec.json"
         spec_path.write_text(self.spec.to_json())
+        env = replica_env(settings)
+        # For `potluck doctor` and humans: which interface this replica was pinned to.
+        pins = {k: v for k, v in env.items() if k.endswith("_SOCKET_IFNAME")}
+        (self.run_dir / "network.json").write_text(json.dumps(pins) + "\n")
         self._log = open(self.run_dir / "replica.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", REPLICA_MODULE, str(spec_path)],
-            env=replica_env(settings),
+            env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             preexec_fn=_detach_and_die_with_parent,
