@@ -179,13 +179,21 @@ def hosts_lines(path: Path, hostname: str) -> list[tuple[int, str]]:
     return hits
 
 
-def check_hostname(node: str, *, data_plane: str | None = None, hosts_file: Path | None = None) -> Check:
+def check_hostname(
+    node: str,
+    *,
+    data_plane: str | None = None,
+    hosts_file: Path | None = None,
+    pinned_interface: str | None = None,
+) -> Check:
     """Does this machine's hostname resolve to a loopback address?
 
     Gloo binds to whatever the hostname resolves to unless GLOO_SOCKET_IFNAME is set; a
     loopback answer makes peers dial 127.x and fail with "Gloo connectFullMesh failed".
-    FAIL when the data plane is a real network address (a multi-machine cluster), WARN when
-    this node only has loopback anyway.
+    potluck's agent sets GLOO_SOCKET_IFNAME to the data-plane interface for its replicas
+    (``pinned_interface``), so then potluck jobs work and the finding is a WARN (other tools
+    such as torchrun or Ray on this machine still break). FAIL when the data plane is a real
+    network address and no interface can be pinned; WARN when this node only has loopback.
     """
     hostname = socket.gethostname()
     hosts = hosts_file or HOSTS_FILES[this_os()]
@@ -225,19 +233,26 @@ def check_hostname(node: str, *, data_plane: str | None = None, hosts_file: Path
     )
     target = data_plane if multi else "<this machine's LAN or VPN address>"
     line = f" line {lines[0][0]}" if lines else ""
-    iface = (_interface_of(data_plane) if multi and data_plane else None) or "<interface>"
+    iface = pinned_interface or (_interface_of(data_plane) if multi and data_plane else None)
+    iface = iface or "<interface>"
 
     def edit(system: str, editor: str) -> str:
         path = hosts if hosts_file else HOSTS_FILES[system]
         return f"edit {path}{line} ({editor}) to map {hostname} to {target}"
 
+    pinned = multi and bool(pinned_interface)
+    consequence = (
+        f"potluck pins its replicas to {pinned_interface} (GLOO_SOCKET_IFNAME), but torchrun, "
+        'Ray or plain gloo here would advertise loopback and fail with "Gloo connectFullMesh '
+        'failed"'
+        if pinned
+        else 'gloo would advertise loopback and peers fail with "Gloo connectFullMesh failed"'
+    )
     return Check(
         id="hostname",
         node=node,
-        status=Status.FAIL if multi else Status.WARN,
-        summary=f"{what}"
-        + (f" ({culprit})" if culprit else "")
-        + ': gloo would advertise loopback and peers fail with "Gloo connectFullMesh failed"',
+        status=Status.FAIL if multi and not pinned else Status.WARN,
+        summary=f"{what}" + (f" ({culprit})" if culprit else "") + f": {consequence}",
         fix=Fix(
             linux=f"{edit('linux', 'sudo nano')}, or export GLOO_SOCKET_IFNAME={iface}",
             macos=f"{edit('macos', 'sudo nano')}, or export GLOO_SOCKET_IFNAME={iface}",

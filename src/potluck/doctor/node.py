@@ -36,18 +36,26 @@ class NodeOptions:
     """Hosts file to point at in the ``hostname`` fix (default: the OS's)."""
 
 
-def check_node(options: NodeOptions) -> Report:
-    """All node-local checks (no network traffic). Never raises for a finding."""
+def check_node(options: NodeOptions, *, cuda: bool = True) -> Report:
+    """All node-local checks (no network traffic). Never raises for a finding.
+
+    ``cuda=False`` skips the GPU kernel (importing torch takes seconds; the agent's quick
+    rounds leave it out).
+    """
     name = options.name
     report = Report()
     report.add(local.check_versions(name))
-    report.add(local.check_cuda(name))
+    if cuda:
+        report.add(local.check_cuda(name))
     address = report.add(
         network.check_address(name, host=options.host, advertise=options.advertise)
     )
     report.add(
         network.check_hostname(
-            name, data_plane=_data_plane(address), hosts_file=options.hosts_file
+            name,
+            data_plane=_data_plane(address),
+            hosts_file=options.hosts_file,
+            pinned_interface=address.data.get("interface"),
         )
     )
     report.add(local.check_open_files(name, options.min_open_files))
@@ -59,3 +67,28 @@ def check_node(options: NodeOptions) -> Report:
 def _data_plane(address_check: Check) -> str | None:
     value = address_check.data.get("address")
     return str(value) if value else None
+
+
+def node_checks_for_agent(
+    name: str, host: str, address: str, state_dir: Path, *, cuda: bool
+) -> list[Check]:
+    """The checks an agent reports in a doctor round (its runs go under ``state_dir``).
+
+    ``address`` is what the agent registered; it is checked as an ``--advertise`` when it
+    is not simply the route's source address.
+    """
+    from potluck.errors import NetworkConfigError
+    from potluck.net.address import route_source
+
+    try:
+        routed = route_source(host)
+    except NetworkConfigError:
+        routed = None
+    options = NodeOptions(
+        name=name,
+        host=host,
+        advertise=None if routed == address else address,
+        state_dir=state_dir,
+        experiments_dir=state_dir / "runs",
+    )
+    return check_node(options, cuda=cuda).checks
