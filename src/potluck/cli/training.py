@@ -53,7 +53,7 @@ def demo(
     global_batch: int = typer.Option(512, "--global-batch", help="Samples per step over all nodes."),
     seed: int = typer.Option(0, "--seed", help="Seed for the model and the data order."),
     rebalance_interval: int = typer.Option(5, "--rebalance-interval", help="Re-solve the allocation every K steps (dynamic, hybrid)."),
-    deadband: float = typer.Option(0.05, "--deadband", help="Change the allocation only if the step gets this much faster."),
+    deadband: float = typer.Option(0.02, "--deadband", help="Change the allocation only if the step gets this much faster."),
     lr: float = typer.Option(0.1, "--lr", help="Learning rate (SGD, momentum 0.9)."),
     model: str = typer.Option("mlp", "--model", help="Model: mlp or simple_cnn."),
     dataset: str = typer.Option("digits", "--dataset", help="Data set: digits or synthetic_image."),

@@ -23,7 +23,8 @@ class LocalCluster:
     def __init__(self, job: JobConfig, speeds: list[float], run_dir: str | Path, *,
                  host: str = "127.0.0.1", record_indices: bool = False,
                  fail_at: dict[int, int] | None = None, save_model: str | None = None,
-                 memory_caps: dict[int, int] | None = None) -> None:
+                 memory_caps: dict[int, int] | None = None,
+                 speed_changes: dict[int, list[list[float]]] | None = None) -> None:
         self.job = job
         self.speeds = speeds
         self.run_dir = Path(run_dir)
@@ -32,6 +33,7 @@ class LocalCluster:
         self.fail_at = dict(fail_at or {})
         self.save_model = save_model
         self.memory_caps = dict(memory_caps or {})
+        self.speed_changes = dict(speed_changes or {})
         self.procs: dict[int, subprocess.Popen] = {}
         self.lighthouse = None
 
@@ -46,6 +48,7 @@ class LocalCluster:
             fail_at_step=self.fail_at.get(slot) if fail else None,
             save_model=self.save_model if slot == 0 else None,
             memory_cap=self.memory_caps.get(slot),
+            speed_changes=self.speed_changes.get(slot, []),
             start_barrier=len(self.speeds),
         ).validate()
 

@@ -47,7 +47,7 @@ class Replica:
     def __init__(self, spec: ReplicaSpec) -> None:
         self.spec = spec
         job = spec.job
-        emulating = spec.speed != 1.0 or job.emulated_sample_s > 0
+        emulating = spec.speed != 1.0 or job.emulated_sample_s > 0 or bool(spec.speed_changes)
         threads = spec.threads or (1 if emulating else 0)
         if threads:
             torch.set_num_threads(threads)
@@ -125,6 +125,9 @@ class Replica:
                 if spec.fail_at_step is not None and step >= spec.fail_at_step:
                     self.log.warning("failure injection: exiting at step %d", step)
                     os._exit(17)
+                for at_step, new_speed in spec.speed_changes:
+                    if step >= at_step:
+                        self.emulator.speed = new_speed
                 share = self.balancer.allocation.get(spec.slot, 0)
                 idx = step_indices(step=step, seed=job.seed, train_size=train_size,
                                    global_batch=job.global_batch,

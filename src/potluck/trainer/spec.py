@@ -38,7 +38,7 @@ class JobConfig:
     """Allocation policy: equal, proportional, dynamic or hybrid."""
     rebalance_interval: int = 5
     """Re-solve the allocation every K committed steps (dynamic, hybrid)."""
-    deadband: float = 0.05
+    deadband: float = 0.02
     """Keep the current allocation unless the predicted step time improves by this fraction."""
     lr: float = 0.1
     """Learning rate of SGD with momentum 0.9."""
@@ -119,6 +119,8 @@ class ReplicaSpec:
     """Write the final model state_dict here (torch.save) when training ends."""
     device: str = "cpu"
     """torch device string: cpu or cuda[:N]."""
+    speed_changes: list[list[float]] = field(default_factory=list)
+    """Emulated speed changes ``[[step, new_speed], ...]``: a device that slows down mid-run."""
     start_barrier: int = 0
     """Launchers on one machine: wait until this many replicas are ready before step 0."""
     threads: int = 0
@@ -130,6 +132,9 @@ class ReplicaSpec:
             raise ConfigError(f"slot must be in [0, {self.job.max_replicas}), got {self.slot}")
         if not (self.speed > 0 and math.isfinite(self.speed)):
             raise ConfigError(f"speed must be > 0, got {self.speed}")
+        for change in self.speed_changes:
+            if len(change) != 2 or change[0] < 0 or not change[1] > 0:
+                raise ConfigError(f"speed_changes entries must be [step >= 0, speed > 0], got {change}")
         if self.memory_cap is not None and self.memory_cap < 1:
             raise ConfigError(f"memory_cap must be >= 1, got {self.memory_cap}")
         return self
