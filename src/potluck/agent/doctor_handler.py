@@ -67,9 +67,9 @@ class DoctorHandler:
                 task = d.TaskResponse(**resp.json()).task
                 if task is not None:
                     self._handle(node_id, task)
-            except (httpx.HTTPError, ValueError) as exc:
+            except Exception as exc:  # never let the doctor take the agent down
                 if self._stop.is_set():
-                    return
+                    return  # stop() closed the client under a long poll
                 log.debug("doctor poll failed: %s", exc)
                 self._stop.wait(2.0)
 
