@@ -101,7 +101,9 @@ def prepare_state_dir(path: Path) -> Path:
 def bind_api_socket(address: str, port: int) -> socket.socket:
     """The API's listening socket, bound now so a taken port fails early. Raises PortInUseError."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must say TCP: asyncio sets TCP_NODELAY on accepted sockets only when it does, and
+    # without it every response waits ~40 ms for a delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((address, port))
@@ -178,7 +180,7 @@ class Host:
         server = _Server(
             uvicorn.Config(
                 app, log_level="warning", access_log=False, lifespan="on",
-                timeout_graceful_shutdown=3,
+                timeout_graceful_shutdown=3, timeout_keep_alive=30,
             )
         )
         host_file = self.config.state_dir / "host.json"

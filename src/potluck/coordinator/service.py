@@ -37,6 +37,8 @@ BARRIER_TIMEOUT_S = 90.0
 """The first step starts when every first replica is ready, or after this long anyway."""
 ORPHAN_TIMEOUT_S = 120.0
 """A running job with no active replica for this long fails (every node lost for good)."""
+MAX_NODES = 4096
+"""Slots ever handed out by one coordinator; a job uses the nodes with slot < max_replicas."""
 
 
 class ApiError(Exception):
@@ -233,8 +235,8 @@ class Coordinator:
                     name, n = f"{req.name}-{n}", n + 1
                 used = {r["slot"] for r in rows}
                 slot = next(i for i in range(len(used) + 1) if i not in used)
-                if slot >= JobConfig().max_replicas:
-                    raise ApiError(409, f"cluster is full ({slot} nodes): remove old nodes first")
+                if slot >= MAX_NODES:
+                    raise ApiError(409, f"cluster is full ({slot} nodes): start a new state dir")
                 node_id = conn.execute(
                     "INSERT INTO nodes (name, node_key, slot, address, interface, hardware, versions,"
                     " speed, state, last_heartbeat, joined_at) VALUES (?,?,?,?,?,?,?,?,'alive',?,?)",
@@ -327,6 +329,9 @@ class Coordinator:
         if rows and rows[0]["state"] in ("done", "failed", "stopped"):
             return None
         node = node or self._node(node_id)
+        config = loads(job["config"])
+        if node["slot"] >= config["max_replicas"]:
+            return None  # the job has no room for this slot (raise max_replicas)
         if not rows or rows[0]["state"] == "lost":
             if job["id"] in self._first_done_at:
                 return None  # the job is finishing: no late joiners
@@ -346,7 +351,7 @@ class Coordinator:
             slot=node["slot"],
             name=node["name"],
             lighthouse=self.config.lighthouse,
-            job=loads(job["config"]),
+            job=config,
             go=job["id"] in self._released,
         )
 
@@ -459,7 +464,11 @@ class Coordinator:
         with self.store.tx() as conn:
             conn.execute("UPDATE jobs SET state='running', started_at=? WHERE id=?", (now, job_id))
             # Every live node gets a replica now, so the start barrier knows whom to wait for.
-            alive = conn.execute("SELECT id, name, slot FROM nodes WHERE state='alive'").fetchall()
+            config = loads(conn.execute("SELECT config FROM jobs WHERE id=?", (job_id,)).fetchone()[0])
+            alive = conn.execute(
+                "SELECT id, name, slot FROM nodes WHERE state='alive' AND slot < ?",
+                (config["max_replicas"],),
+            ).fetchall()
             conn.executemany(
                 "INSERT INTO replicas (job_id, node_id, slot, state, updated_at) "
                 "VALUES (?, ?, ?, 'assigned', ?)",
