@@ -164,9 +164,9 @@ class ReplicaRunner:
         """The replica's state now (read the records first so ``done`` is not missed)."""
         code = self.proc.poll()
         if code is None:
-            state = "running" if self._seen_records else "starting"
             return ReplicaReport(
-                job_id=self.job_id, state=state, step=self._last_step, ready=self.ready
+                job_id=self.job_id, state="running" if self._seen_records else "starting",
+                step=self._last_step, ready=self.ready,
             )
         if code == 0 and self._done:
             return ReplicaReport(job_id=self.job_id, state="done", step=self._last_step, exit_code=0)

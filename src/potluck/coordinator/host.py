@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 from potluck.coordinator.auth import write_private
 from potluck.coordinator.lighthouse import Lighthouse, LighthouseSettings, check_port_free
@@ -165,7 +166,7 @@ class Host:
 
         class _Server(uvicorn.Server):
             # The local agent must say goodbye while the API still answers: stop it first.
-            def handle_exit(self, sig: int, frame: object) -> None:
+            def handle_exit(self, sig: int, frame: FrameType | None) -> None:
                 if self.should_exit or getattr(self, "_stopping", False):
                     super().handle_exit(sig, frame)  # a second Ctrl-C: stop now
                     return
