@@ -33,8 +33,12 @@ app = typer.Typer(
 )
 
 # Typer >= 0.29 vendors click; find its exception classes through a public one.
-_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
-_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_ClickException: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
+)
+_UsageError: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError"
+)
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -84,10 +88,10 @@ def main(argv: list[str] | None = None) -> None:
     except _UsageError as exc:
         ctx = getattr(exc, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-        error_line(exc.format_message().replace("\n", " ") + hint)
+        error_line(exc.format_message().replace("\n", " ") + hint)  # type: ignore[attr-defined]
         sys.exit(2)
     except _ClickException as exc:
-        error_line(exc.format_message().replace("\n", " "))
+        error_line(exc.format_message().replace("\n", " "))  # type: ignore[attr-defined]
         sys.exit(getattr(exc, "exit_code", 1))
     except PotluckError as exc:
         if debug:
