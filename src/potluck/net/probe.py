@@ -117,7 +117,10 @@ class ProbeListener:
 
     def _serve(self) -> None:
         deadline = None if self._ttl is None else time.monotonic() + self._ttl
-        self._sock.settimeout(0.2)
+        try:
+            self._sock.settimeout(0.2)
+        except OSError:  # closed before this thread got going
+            return
         while not self._closed.is_set():
             if deadline is not None and time.monotonic() > deadline:
                 break
