@@ -17,7 +17,8 @@ errors are translated once, at the boundary, with ``raise X(...) from exc``.
     │   ├── AuthError               missing or wrong token
     │   ├── VersionMismatchError    node and host run different versions
     │   ├── PortInUseError          a port we must bind is taken
-    │   └── NetworkConfigError      no usable address / public address refused
+    │   ├── NetworkConfigError      no usable address / public address refused
+    │   └── PreflightError          (doctor/remote.py) a job would fail: names the pair + fix
     └── DoctorError                 a check could not run at all
 
 A message says what happened, the likely cause and the fix, in one line.

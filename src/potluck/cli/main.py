@@ -79,7 +79,10 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     debug = "--debug" in (argv if argv is not None else sys.argv)
     try:
-        app(args=argv, prog_name="potluck", standalone_mode=False)
+        # Without standalone mode, click returns a typer.Exit's code instead of exiting.
+        rc = app(args=argv, prog_name="potluck", standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

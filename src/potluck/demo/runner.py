@@ -24,6 +24,7 @@ from potluck.data import load_dataset
 from potluck.demo.local_cluster import LocalCluster
 from potluck.errors import ConfigError, ExperimentDirError, TrainingError
 from potluck.models import build_model
+from potluck.profiler import profile_device
 from potluck.trainer.core import build_training, train_reference
 from potluck.trainer.emulation import Emulator, calibrate
 from potluck.trainer.metrics import MetricsTail, read_jsonl
@@ -136,6 +137,17 @@ def measure_solo(job: JobConfig, speed: float) -> float:
     return samples_per_s
 
 
+def profile_nodes(job: JobConfig, speeds: list[float]) -> dict[str, list[float]]:
+    """Each node's ``[overhead_s, sample_s]`` measured by the profiler on its emulated device."""
+    sizes = [max(1, job.global_batch // (8 * len(speeds))), max(2, job.global_batch // (2 * len(speeds)))]
+    fitted: dict[float, list[float]] = {}
+    for speed in sorted(set(speeds)):
+        prof = profile_device(model=job.model, dataset=job.dataset, device="cpu", batch_sizes=sizes,
+                              repeats=5, emulator=Emulator(speed, job.emulated_sample_s, job.emulated_overhead_s))
+        fitted[speed] = [prof.overhead_s, prof.sample_s]
+    return {str(i): fitted[s] for i, s in enumerate(speeds)}
+
+
 class _Display:
     """Live view: one progress bar and a per-node table fed by the replicas' metrics files."""
 
@@ -187,10 +199,7 @@ def run_policy(cfg: DemoConfig, policy: str, run_dir: Path, console: Console | N
     """Train ``cfg`` under ``policy`` on a local cluster; returns the summary dict."""
     job = replace(cfg.job, policy=policy)
     if policy in ("proportional", "hybrid"):
-        # The profile of each node: the emulated device's cost model (what profile measures).
-        job = replace(job, profiles={
-            str(i): [job.emulated_overhead_s / s, job.emulated_sample_s / s] for i, s in enumerate(cfg.speeds)
-        })
+        job = replace(job, profiles=profile_nodes(job, cfg.speeds))
     total = build_training(job).total_steps
     cluster = LocalCluster(job, cfg.speeds, run_dir, save_model=save_model)
     with cluster:

@@ -19,6 +19,7 @@ from potluck.balancer.policy import Speed
 from potluck.data import load_dataset
 from potluck.errors import ConfigError
 from potluck.models import build_model
+from potluck.trainer.emulation import Emulator
 
 
 @dataclass
@@ -78,7 +79,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _time_batch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                device: torch.device, repeats: int) -> BatchTiming:
+                device: torch.device, repeats: int, emulator: Emulator | None = None) -> BatchTiming:
     loss_fn = nn.CrossEntropyLoss()
     fwd, bwd, stp = [], [], []
     for i in range(repeats + 1):  # the first run warms up
@@ -90,6 +91,8 @@ def _time_batch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y
         t1 = time.perf_counter()
         loss.backward()
         _sync(device)
+        if emulator is not None:  # an emulated slow device: its padding counts as backward
+            emulator.pad(len(y), t0)
         t2 = time.perf_counter()
         opt.step()
         _sync(device)
@@ -121,7 +124,9 @@ def _activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def profile_device(*, model: str, dataset: str, device: str, batch_sizes: list[int],
-                   memory_budget_mb: float | None = None, repeats: int = 5) -> DeviceProfile:
+                   memory_budget_mb: float | None = None, repeats: int = 5,
+                   emulator: Emulator | None = None) -> DeviceProfile:
+    """Profile ``device`` (optionally as an emulated slower device) for ``model``."""
     dev = torch.device(device)
     data = load_dataset(dataset)
     net = build_model(model, data.input_shape, data.num_classes, seed=0).to(dev)
@@ -132,7 +137,7 @@ def profile_device(*, model: str, dataset: str, device: str, batch_sizes: list[i
     for b in batch_sizes:
         idx = torch.arange(b) % n
         x, y = data.train_x[idx].to(dev), data.train_y[idx].to(dev)
-        prof.timings.append(_time_batch(net, opt, x, y, dev, repeats))
+        prof.timings.append(_time_batch(net, opt, x, y, dev, repeats, emulator))
     bs = np.array([t.batch for t in prof.timings], dtype=float)
     ts = np.array([t.forward_s + t.backward_s + t.optimizer_s for t in prof.timings])
     slope, intercept = np.polyfit(bs, ts, 1)
