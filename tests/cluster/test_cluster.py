@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -151,3 +153,34 @@ def test_ctrl_c_leaves_the_cluster_cleanly(cluster: Cluster, sig: int) -> None:
     assert cluster.stop(agent, sig) == 0
     assert cluster.nodes()["b"]["state"] == "left"
     assert "b left the cluster" in (cluster.tmp / "agent-b.log").read_text()
+
+
+def test_ctrl_c_in_train_offers_to_cancel_the_job(cluster: Cluster) -> None:
+    host = cluster.start_host("127.0.0.2")
+    cluster.start_agent(host, "b", "127.0.0.3", 1.0)
+    wait_until(lambda: cluster.nodes().get("b", {}).get("state") == "alive", 60, "b to join")
+    log = (cluster.tmp / "train.log").open("wb")
+    train = subprocess.Popen(
+        [sys.executable, "-m", "potluck", "train", *JOB, "--steps", "5000", "--config", job_yaml(cluster),
+         "--state-dir", str(cluster.host_dir)],
+        stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=cluster.env(),
+    )
+    try:
+        wait_until(lambda: (j := cluster.json("jobs")) and j[0]["progress"]["step"] >= 3, 90, "training to start")
+        train.send_signal(signal.SIGINT)
+        assert train.stdin is not None
+        train.stdin.write(b"y\n")
+        train.stdin.close()
+        assert train.wait(timeout=30) == 1
+    finally:
+        if train.poll() is None:
+            train.kill()
+        log.close()
+    output = (cluster.tmp / "train.log").read_text()
+    assert "cancel job 1?" in output and "job 1 cancelled" in output
+    jobs = cluster.json("jobs")
+    assert jobs[0]["state"] == "cancelled"
+    # The agent stops the replica and stays in the cluster, ready for the next job.
+    wait_until(lambda: "stopping the replica" in (cluster.tmp / "agent-b.log").read_text(), 30,
+               "the agent to stop its replica")
+    assert cluster.nodes()["b"]["state"] == "alive"

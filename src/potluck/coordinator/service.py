@@ -115,6 +115,7 @@ class Coordinator:
         self._progress_dirty: set[int] = set()
         self._no_active_since: dict[int, float] = {}
         self._first_done_at: dict[int, float] = {}
+        self._slot_names: dict[str, str] = {}
         # Jobs whose start barrier is released; a restarted coordinator releases running jobs.
         self._released: set[int] = {
             r["id"] for r in store.query("SELECT id FROM jobs WHERE state='running'")
@@ -399,12 +400,14 @@ class Coordinator:
                 rate = batch / compute
                 old = self._measured.get(node_id)
                 self._measured[node_id] = rate if old is None else 0.8 * old + 0.2 * rate
-        elif kind == "allocation" and isinstance(rec.get("allocation"), dict):
-            alloc = rec["allocation"]
+        # Allocation and committed step records both carry the allocation in force.
+        alloc = rec.get("allocation")
+        if isinstance(alloc, dict) and alloc and (kind == "allocation" or rec.get("committed")):
             total = sum(v for v in alloc.values() if isinstance(v, (int, float))) or 1
-            names = {str(r["slot"]): r["name"] for r in self.store.nodes()}
+            if any(str(slot) not in self._slot_names for slot in alloc):
+                self._slot_names = {str(r["slot"]): r["name"] for r in self.store.nodes()}
             progress.shares = {
-                names.get(str(slot), f"slot {slot}"): round(b / total, 4)
+                self._slot_names.get(str(slot), f"slot {slot}"): round(b / total, 4)
                 for slot, b in alloc.items()
                 if isinstance(b, (int, float))
             }
