@@ -184,3 +184,25 @@ def test_ctrl_c_in_train_offers_to_cancel_the_job(cluster: Cluster) -> None:
     wait_until(lambda: "stopping the replica" in (cluster.tmp / "agent-b.log").read_text(), 30,
                "the agent to stop its replica")
     assert cluster.nodes()["b"]["state"] == "alive"
+
+
+def test_coordinator_restart_mid_job(cluster: Cluster) -> None:
+    """Replicas keep training while `potluck host` restarts (new Lighthouse on the same port)."""
+    port, lh_port = free_port("127.0.0.2"), free_port("127.0.0.2")
+    ports = ("--port", str(port), "--lighthouse-port", str(lh_port))
+    host = cluster.start_host("127.0.0.2", *ports)
+    cluster.start_agent(host, "b", "127.0.0.3", 1.0)
+    cluster.start_agent(host, "c", "127.0.0.4", 0.5)
+    wait_until(lambda: len(cluster.nodes()) == 2, 60, "two nodes to join")
+    out = cluster.cli("train", *JOB, "--steps", "150", "--config", job_yaml(cluster), "--detach", "--json")
+    job_id = json.loads(out.stdout)["job_id"]
+    wait_until(lambda: job(cluster, job_id)["progress"]["step"] >= 10, 90, "training to reach step 10")
+    assert cluster.stop(host["proc"]) == 0
+    cluster.start_host("127.0.0.2", *ports, name="host-again")
+    final = wait_until(lambda: (j := job(cluster, job_id))["state"] in ("succeeded", "failed") and j, 150,
+                       "the job to end")
+    assert final["state"] == "succeeded", final
+    assert final["summary"]["steps"] >= 149 and final["summary"]["test_accuracy"] >= 0.9
+    # The replicas rode through the restart: no agent had to start a second one.
+    for name in ("b", "c"):
+        assert len(list((cluster.tmp / f"agent-{name}" / "runs" / f"job-{job_id}").glob("attempt-*"))) == 1
