@@ -49,6 +49,14 @@ def test_join_errors_leave_the_cluster_empty(cluster: Cluster) -> None:
     assert cluster.json("status") == []
     assert host["proc"].alive()
 
+    # From "elsewhere": --host/--token flags or the POTLUCK_HOST/POTLUCK_TOKEN variables.
+    remote = cluster.run("status", "--json", POTLUCK_HOST=target, POTLUCK_TOKEN=host["token"])
+    assert remote.returncode == 0 and remote.stdout.strip() == "[]", remote.stderr
+    flags = cluster.run("jobs", "--host", host["url"], "--token", host["token"], "--json")
+    assert flags.returncode == 0 and flags.stdout.strip() == "[]", flags.stderr
+    bad = cluster.run("status", "--host", target, "--token", "y" * 24)
+    assert bad.returncode == 1 and "wrong token" in one_error_line(bad)
+
 
 def test_host_port_in_use_and_bad_job_config(cluster: Cluster) -> None:
     host = cluster.start_host("127.0.0.2")
