@@ -110,5 +110,8 @@ def make_manager(*, name: str, slot: int, lighthouse: str, advertise_host: str,
         port=0,
         checkpoint_transport=AdvertisedHTTPTransport(advertise_host, timeout),
         init_sync=False,  # every replica builds the same weights from the job's seed
+        # A quorum request that hits a restarting Lighthouse is retried, not fatal
+        # (TORCHFT_QUORUM_RETRIES still overrides).
+        quorum_retries=5,
     )
     return manager, pg, store

@@ -213,6 +213,7 @@ class Replica:
             "test_loss": test_loss, "test_accuracy": test_acc,
             "emulation_overruns": self.emulator.overruns,
             "wall_s": round(ended - started, 3), "started_at": started, "ended_at": ended,
+            "samples_per_s": round(committed * spec.job.global_batch / max(ended - started, 1e-9), 2),
             "allocation": {str(k): v for k, v in self.balancer.allocation.items()},
             "rebalances": self.balancer.rebalances, "host": socket.gethostname(),
             "params_sha256": params_digest(tr.model),
