@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from potluck.coordinator.schemas import Gpu, Hardware, Versions
+from potluck.system import total_memory_bytes
 
 VERSION_FIXES = {
     "python": "install Python {want} (e.g. with uv or pyenv) and recreate the virtualenv",
@@ -76,17 +77,7 @@ def compare_versions(host: Versions, node: Versions) -> list[VersionDiff]:
 
 
 def _memory_mb() -> int:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) // 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    except (ValueError, OSError, AttributeError):
-        return 0
+    return total_memory_bytes() // 2**20
 
 
 def parse_nvidia_smi(text: str) -> list[Gpu]:

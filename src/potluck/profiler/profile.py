@@ -19,6 +19,7 @@ from potluck.balancer.policy import Speed
 from potluck.data import load_dataset
 from potluck.errors import ConfigError
 from potluck.models import build_model
+from potluck.system import meminfo_bytes
 from potluck.trainer.emulation import Emulator
 
 
@@ -63,14 +64,7 @@ def parse_batch_sizes(text: str) -> list[int]:
 
 
 def _available_ram_bytes() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 << 30
+    return meminfo_bytes("MemAvailable") or 4 << 30
 
 
 def _sync(device: torch.device) -> None:
