@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -337,9 +338,15 @@ def train(
         else:
             console.print(f"submitted job {job.id} ({job.state}); follow it with `potluck logs {job.id} -f`")
         return
+    # Ctrl-C only sets a flag that _watch checks between polls: a KeyboardInterrupt raised in
+    # the middle of an HTTP call could leave the client unusable for the cancel request.
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     try:
-        job = _watch(client, job.id, config.get("steps"), quiet=json_out)
-    except KeyboardInterrupt:
+        job = _watch(client, job.id, config.get("steps"), quiet=json_out, stop=interrupted)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted.is_set():
         job = client.job(job.id)
         if job.state not in ("succeeded", "failed", "cancelled"):
             try:
@@ -355,12 +362,14 @@ def train(
     _report(job, json_out)
 
 
-def _watch(client: Any, job_id: int, total: int | None, *, quiet: bool) -> Any:
+def _watch(client: Any, job_id: int, total: int | None, *, quiet: bool,
+           stop: threading.Event) -> Any:
+    """Poll the job until it finishes or ``stop`` is set; returns the last JobInfo."""
     from potluck.coordinator.schemas import FINISHED_JOB_STATES
 
     if quiet:
-        while (job := client.job(job_id)).state not in FINISHED_JOB_STATES:
-            time.sleep(0.5)
+        while (job := client.job(job_id)).state not in FINISHED_JOB_STATES and not stop.wait(0.5):
+            pass
         return job
     columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=err, transient=False) as bar:
@@ -372,7 +381,8 @@ def _watch(client: Any, job_id: int, total: int | None, *, quiet: bool) -> Any:
                 if job.summary:
                     bar.update(task, completed=job.summary.steps)
                 return job
-            time.sleep(0.5)
+            if stop.wait(0.5):
+                return job
 
 
 def _report(job: Any, json_out: bool) -> None:
