@@ -163,3 +163,15 @@ def test_state_dict_round_trip_keeps_replicas_in_lockstep() -> None:
     ha = simulate(a, true, 9, start=7, rng=random.Random(5))
     hb = simulate(b, true, 9, start=7, rng=random.Random(5))
     assert ha == hb
+
+
+def test_proportional_without_launcher_profiles_uses_the_replicas_own() -> None:
+    """In a cluster the replicas profile themselves; profiles arrive with step 0's stats."""
+    bal = Balancer(policy="proportional", global_batch=300, rebalance_interval=50)
+    first = bal.allocation_for([0, 1], 0)
+    assert first is not None and first.allocation == {0: 150, 1: 150}
+    change = bal.observe(0, {0: (150, 0.15), 1: (150, 0.30)},
+                         profiles={0: Speed(0, 1e-3), 1: Speed(0, 2e-3)})
+    assert change is not None and change.step == 1 and change.allocation == {0: 200, 1: 100}
+    assert "profiles received" in change.reason
+    assert bal.observe(1, {0: (200, 0.2), 1: (100, 0.2)}, profiles={0: Speed(0, 1e-3)}) is None

@@ -99,3 +99,16 @@ def test_emulated_speeds_are_the_speeds_asked_for(tmp_path: Path) -> None:
     ratios = [per_sample[i] / per_sample[0] for i in range(3)]
     assert ratios[1] == pytest.approx(2.0, rel=0.2)
     assert ratios[2] == pytest.approx(4.0, rel=0.2)
+
+
+def test_proportional_profiles_itself_when_no_launcher_does(tmp_path: Path) -> None:
+    """As in a cluster: no profiles given, each replica profiles its own emulated device."""
+    job = JobConfig(steps=4, global_batch=128, policy="proportional", emulated_sample_s=2e-3).validate()
+    with LocalCluster(job, [1.0, 0.25], tmp_path / "run") as cluster:
+        assert cluster.wait(120) == {0: 0, 1: 0}
+        steps = committed(cluster.records(0))
+        decisions = [r for r in cluster.records(0) if r["type"] == "allocation"]
+    assert steps[0]["allocation"] == {"0": 64, "1": 64}  # nothing known before step 0
+    fast, slow = steps[3]["allocation"]["0"], steps[3]["allocation"]["1"]
+    assert fast + slow == 128 and fast > 3 * slow * 0.8
+    assert any("profiles received" in d["reason"] for d in decisions)

@@ -89,10 +89,21 @@ class Balancer:
         Returns the Decision taking effect at ``step + 1`` when this observation triggers a
         rebalance (dynamic and hybrid only, every ``rebalance_interval`` committed steps).
         """
+        new_profiles = False
         for slot, prior in (profiles or {}).items():
             if slot not in self.profiles:
                 self.profiles[slot] = prior
                 self.estimator.prime(slot, prior)
+                new_profiles = True
+        if new_profiles and self.policy in ("proportional", "hybrid"):
+            # Profiles measured by the replicas themselves arrive with the first steps.
+            for slot, (b, t) in measured.items():
+                self.estimator.observe(slot, b, t)
+            shares, reason = self._fresh(sorted(self.allocation))
+            self._since_rebalance = 0
+            if shares == self.allocation:
+                return None
+            return self._apply(step + 1, shares, f"profiles received: {reason}")
         newly_known = any(
             slot not in self.estimator.known() and b > 0 for slot, (b, _) in measured.items()
         )

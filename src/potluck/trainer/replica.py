@@ -69,6 +69,31 @@ class Replica:
         self.step = 0
         self.log = IdentityAdapter(get_logger("replica"),
                                    lambda: f"{spec.name}/replica {spec.slot} step {self.step}")
+        self.profile = self._own_profile()
+
+    def _own_profile(self) -> tuple[float, float]:
+        """``(overhead_s, sample_s)`` to share with peers; (0, 0) when nobody needs it.
+
+        Given by the launcher (spec or job profiles) or, for the proportional and hybrid
+        policies, measured here with the profiler on this replica's (emulated) device.
+        """
+        spec, job = self.spec, self.spec.job
+        if spec.profile_sample_s:
+            return (spec.profile_overhead_s or 0.0, spec.profile_sample_s)
+        if str(spec.slot) in job.profiles:
+            a, c = job.profiles[str(spec.slot)]
+            return (a, c)
+        if job.policy not in ("proportional", "hybrid"):
+            return (0.0, 0.0)
+        from potluck.profiler import profile_device
+
+        per_node = max(2, job.global_batch // 8)
+        prof = profile_device(model=job.model, dataset=job.dataset, device=spec.device,
+                              batch_sizes=[max(1, per_node // 4), per_node], repeats=3,
+                              emulator=self.emulator if self.emulator.active else None)
+        self.log.info("profiled this device: %.3f ms + %.4f ms/sample",
+                      prof.overhead_s * 1e3, prof.sample_s * 1e3)
+        return (prof.overhead_s, prof.sample_s)
 
     # torchft recovery: what a healthy peer sends a recovering one
     def state_dict(self) -> dict[str, Any]:
@@ -104,7 +129,7 @@ class Replica:
         self._wait_start_barrier()
         n_params = num_params(tr.model)
         train_size = len(tr.data.train_y)
-        own_profile = (spec.profile_overhead_s or 0.0, spec.profile_sample_s or 0.0)
+        own_profile = self.profile
         committed_steps = discarded = 0
         started = None
         last_loss = float("nan")
