@@ -82,6 +82,11 @@ def test_kill_and_restart_keeps_exactly_once_and_identical_state(tmp_path: Path)
         got = [i for _, idx in sorted(parts) for i in idx]
         assert got == global_batch_indices(job, train_size, step).tolist(), f"step {step}"
 
+    # The allocation changed several times (measured speeds, a member lost, a member back).
+    reasons = [r["reason"] for r in records[0] if r["type"] == "allocation"]
+    assert any(r.startswith("rebalance") or "measured" in r for r in reasons)
+    assert any("members changed [0, 1, 2] -> [0, 2]" in r for r in reasons)
+    assert any("members changed [0, 2] -> [0, 1, 2]" in r for r in reasons)
     # A discarded step was redone, and everybody ends bit-identical.
     assert any(not r["committed"] for r in records[0] if r["type"] == "step")
     digests = {done(recs)["params_sha256"] for recs in records}
