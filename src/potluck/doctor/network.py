@@ -11,6 +11,7 @@ import ipaddress
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 from potluck.doctor.report import Check, Fix, Link, Status, this_os
 from potluck.errors import NetworkConfigError
@@ -197,13 +198,13 @@ def check_hostname(
     """
     hostname = socket.gethostname()
     hosts = hosts_file or HOSTS_FILES[this_os()]
+    resolved: str | None
+    error: OSError | None
     try:
-        resolved = socket.gethostbyname(hostname)
+        resolved, error = socket.gethostbyname(hostname), None
     except OSError as exc:
         resolved, error = None, exc
-    else:
-        error = None
-    data = {"hostname": hostname, "resolves_to": resolved}
+    data: dict[str, Any] = {"hostname": hostname, "resolves_to": resolved}
     ifname = os.environ.get("GLOO_SOCKET_IFNAME")
     if ifname:
         return Check(

@@ -33,7 +33,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from potluck.log import get_logger
@@ -287,7 +287,7 @@ class LinkProbe:
             value = raw.get(key)
             if value is None:
                 return None
-            names = {f for f in kind.__dataclass_fields__}
+            names = {f.name for f in fields(kind)}
             return kind(**{k: v for k, v in value.items() if k in names})
 
         return cls(

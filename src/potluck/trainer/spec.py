@@ -161,4 +161,4 @@ def _known(cls: type, raw: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in raw.items() if k in names}
 
 
-__all__ = ["JobConfig", "ReplicaSpec", "POLICIES", "field"]
+__all__ = ["JobConfig", "ReplicaSpec", "POLICIES"]
