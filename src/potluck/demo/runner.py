@@ -157,7 +157,8 @@ class _Display:
         self.rows: dict[int, dict[str, Any]] = {}
         self.loss = float("nan")
         self.done_steps = 0
-        self.started = time.time()
+        self.started: float | None = None  # the first step's start: startup is not training
+        self.last_t = 0.0
         self.progress = Progress(
             TextColumn(f"[bold]{policy}[/]"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}  {task.fields[sps]} samples/s"),
@@ -174,11 +175,16 @@ class _Display:
             self.done_steps = max(self.done_steps, rec["step"] + 1)
             self.loss = rec["loss"]
             step_s = rec["quorum_s"] + rec["compute_s"] + rec["allreduce_s"] + rec["commit_s"]
+            if self.started is None:
+                self.started = rec["t"] - step_s
+            self.last_t = max(self.last_t, rec["t"])
             self.rows[rec["slot"]] = {"share": rec["local_batch"], "sps": rec["local_batch"] / max(step_s, 1e-9),
                                       "wait": rec["wait_s"]}
-        elapsed = max(time.time() - self.started, 1e-9)
-        self.progress.update(self.task, completed=self.done_steps, loss=f"{self.loss:.3f}",
-                             sps=f"{self.done_steps * self.cluster.job.global_batch / elapsed:.0f}")
+        sps = "-"
+        if self.started is not None:
+            elapsed = max(self.last_t - self.started, 1e-9)
+            sps = f"{self.done_steps * self.cluster.job.global_batch / elapsed:.0f}"
+        self.progress.update(self.task, completed=self.done_steps, loss=f"{self.loss:.3f}", sps=sps)
 
     def render(self) -> Group:
         table = Table(box=None, pad_edge=False)
