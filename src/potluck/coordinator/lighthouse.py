@@ -6,8 +6,6 @@ when the host starts, never on the API's request path.
 
 from __future__ import annotations
 
-import os
-import re
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -48,25 +46,22 @@ class Lighthouse:
 
     def __init__(self, address: str, port: int, settings: LighthouseSettings) -> None:
         check_port_free(address, port, "lighthouse", "--lighthouse-port")
-        # torchft's Rust side logs every quorum tick at INFO; keep the host's terminal readable.
-        os.environ.setdefault("RUST_LOG", "warn")
-        from torchft.coordination import LighthouseServer  # heavy: imports torch
+        # Heavy (imports torch and torchft): here, once, never on the API's request path.
+        from potluck.trainer.ft import lighthouse_port, start_lighthouse
 
-        bind = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
         try:
-            self._server: Any = LighthouseServer(
-                bind=bind,
+            self._server: Any = start_lighthouse(
+                address, port,
                 min_replicas=settings.min_replicas,
                 join_timeout_ms=settings.join_timeout_ms,
                 heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
             )
         except Exception as exc:  # the Rust side raises a plain RuntimeError
             raise PortInUseError(
-                f"cannot start the torchft lighthouse on {bind} ({exc}): pass --lighthouse-port "
-                "with a free port"
+                f"cannot start the torchft lighthouse on {address}:{port} ({exc}): pass "
+                "--lighthouse-port with a free port"
             ) from exc
-        match = re.search(r":(\d+)/?$", self._server.address())
-        self.port = int(match[1]) if match else port
+        self.port = lighthouse_port(self._server)
 
     def shutdown(self) -> None:
         self._server.shutdown()

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from potluck.errors import TrainingError
-from potluck.trainer.ft import start_lighthouse
+from potluck.trainer.ft import lighthouse_port, start_lighthouse
 from potluck.trainer.metrics import read_jsonl
 from potluck.trainer.spec import JobConfig, ReplicaSpec
 
@@ -55,8 +55,7 @@ class LocalCluster:
     @property
     def lighthouse_addr(self) -> str:
         assert self.lighthouse is not None, "start() first"
-        port = self.lighthouse.address().rsplit(":", 1)[1]
-        return f"http://{self.host}:{port}"
+        return f"http://{self.host}:{lighthouse_port(self.lighthouse)}"
 
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -90,7 +89,7 @@ class LocalCluster:
     def records(self, slot: int) -> list[dict]:
         return read_jsonl(self.run_dir / "replicas" / f"{self.name(slot)}.jsonl")
 
-    def wait(self, timeout: float = 300.0, *, expect_exit: dict[int, int] | None = None) -> dict[int, int]:
+    def wait(self, timeout: float = 300.0) -> dict[int, int]:
         """Wait for every process to end; return exit codes. Raises TrainingError on timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

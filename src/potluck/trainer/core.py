@@ -19,7 +19,8 @@ from torch import nn
 from potluck.balancer.policy import micro_batches
 from potluck.data import Dataset, load_dataset
 from potluck.models import build_model
-from potluck.trainer.sampler import epoch_permutation, steps_per_epoch
+from potluck.trainer.emulation import Emulator
+from potluck.trainer.sampler import step_indices, steps_per_epoch
 from potluck.trainer.spec import JobConfig
 
 
@@ -108,17 +109,16 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
 
 
 def global_batch_indices(job: JobConfig, train_size: int, step: int) -> np.ndarray:
-    spe = steps_per_epoch(train_size, job.global_batch)
-    epoch, position = divmod(step, spe)
-    start = position * job.global_batch
-    return epoch_permutation(job.seed, epoch, train_size)[start : start + job.global_batch].copy()
+    """All indices of global step ``step``: one replica holding the whole batch."""
+    return step_indices(step=step, seed=job.seed, train_size=train_size,
+                        global_batch=job.global_batch, allocation={0: job.global_batch}, slot=0)
 
 
-def train_reference(job: JobConfig, steps: int, *, emulator: object | None = None) -> tuple[Training, float]:
+def train_reference(job: JobConfig, steps: int, *, emulator: Emulator | None = None) -> tuple[Training, float]:
     """One process training on the full global batches: what one big machine computes.
 
     Returns the training objects after ``steps`` steps and the samples/s it achieved (with
-    ``emulator``, an :class:`~potluck.trainer.emulation.Emulator`, padding each step).
+    ``emulator`` padding each step).
     """
     tr = build_training(job)
     n = len(tr.data.train_y)
@@ -129,7 +129,7 @@ def train_reference(job: JobConfig, steps: int, *, emulator: object | None = Non
         tr.optimizer.zero_grad(set_to_none=True)
         local_gradients(tr.model, tr.data.train_x[idx], tr.data.train_y[idx], job.global_batch)
         if emulator is not None:
-            emulator.pad(len(idx), started)  # type: ignore[attr-defined]
+            emulator.pad(len(idx), started)
         tr.optimizer.step()
     elapsed = time.perf_counter() - t0
     return tr, steps * job.global_batch / elapsed

@@ -79,6 +79,11 @@ def start_lighthouse(bind_host: str = "0.0.0.0", port: int = 0, *, min_replicas:
     )
 
 
+def lighthouse_port(server: LighthouseServer) -> int:
+    """The port a Lighthouse bound (its ``address()`` names the machine's hostname, not ours)."""
+    return int(server.address().rstrip("/").rsplit(":", 1)[1])
+
+
 def make_manager(*, name: str, slot: int, lighthouse: str, advertise_host: str,
                  timeout_s: float, load_state_dict: Callable[[Any], None],
                  state_dict: Callable[[], Any]) -> tuple[Manager, MembershipGloo, TCPStore]:
