@@ -6,12 +6,11 @@ import json
 import platform
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from potluck.contracts.jobspec import JobSpec
 from potluck.demo.runner import DemoConfig, measure_solo, run_policy
-from potluck.trainer.spec import JobConfig
 
 
 def machine() -> str:
@@ -20,13 +19,13 @@ def machine() -> str:
     return f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def ideal(job: JobConfig, speeds: list[float]) -> float:
+def ideal(job: JobSpec, speeds: list[float]) -> float:
     """Sum of each speed's measured solo throughput (each speed measured once)."""
     solo = {s: measure_solo(job, s) for s in sorted(set(speeds))}
     return sum(solo[s] for s in speeds)
 
 
-def run(job: JobConfig, speeds: list[float], policy: str, ideal_sps: float) -> dict[str, Any]:
+def run(job: JobSpec, speeds: list[float], policy: str, ideal_sps: float) -> dict[str, Any]:
     cfg = DemoConfig(job=job, speeds=speeds)
     with tempfile.TemporaryDirectory() as tmp:
         return run_policy(cfg, policy, Path(tmp) / policy, None, ideal_sps)
@@ -37,5 +36,6 @@ def emit(name: str, rows: list[dict[str, Any]]) -> None:
     print(json.dumps(out, indent=1))
 
 
-def job(**kw: Any) -> JobConfig:
-    return replace(JobConfig(), **kw).validate()
+def job(*, emulated_sample_s: float = 0.0, **flat: Any) -> JobSpec:
+    """A job from flat option names (``steps=40``) plus the emulated per-sample time."""
+    return JobSpec().with_options(flat).updated({"emulation.sample_s": emulated_sample_s})

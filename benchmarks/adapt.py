@@ -16,7 +16,7 @@ from pathlib import Path
 
 from _harness import emit, ideal, job
 
-from potluck.demo.local_cluster import LocalCluster
+from potluck.launcher import LocalCluster
 
 SPEEDS, AFTER, CHANGE_AT, K, STEPS, B = [1.0, 0.5, 0.25], [0.5, 0.5, 0.25], 20, 5, 45, 512
 

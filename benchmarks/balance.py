@@ -8,7 +8,6 @@ Run: ``.venv/bin/python benchmarks/balance.py [--quick]``; prints JSON rows.
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 
 from _harness import emit, ideal, job, run
 
@@ -37,7 +36,7 @@ def main() -> None:
         row = {"speeds": speeds, "global_batch": GLOBAL_BATCH, "ideal_samples_per_s": round(ideal_sps, 1)}
         for policy in ("dynamic", "equal"):
             steps = 10 if quick else STEPS[policy]
-            r = run(replace(base, steps=steps), speeds, policy, ideal_sps)
+            r = run(base.updated({"steps": steps}), speeds, policy, ideal_sps)
             row[policy] = {"steps": steps, "samples_per_s": r["samples_per_s"], "efficiency": r["efficiency"],
                            "allocation": r["allocation"], "rebalances": r["rebalances"]}
         rows.append(row)

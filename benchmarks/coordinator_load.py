@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from potluck.agent.hardware import local_versions
+from potluck.contracts.versions import local_versions
 
 
 def percentile(values: list[float], q: float) -> float:

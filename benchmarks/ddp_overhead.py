@@ -22,7 +22,7 @@ from _harness import emit, job
 from torch.nn.parallel import DistributedDataParallel
 
 from potluck.balancer import split_equal
-from potluck.demo.local_cluster import LocalCluster
+from potluck.launcher import LocalCluster
 from potluck.trainer.core import build_training
 from potluck.trainer.emulation import Emulator, measure_step_s
 from potluck.trainer.sampler import step_indices

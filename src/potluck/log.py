@@ -32,6 +32,14 @@ def setup_logging(stream: Any = None) -> None:
         handler._potluck = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.propagate = False
+    quiet_rust_logs()
+
+
+def quiet_rust_logs() -> None:
+    """torchft's Rust side logs every quorum at INFO: keep warnings only, unless the user set
+    RUST_LOG or asked potluck for INFO/DEBUG. Takes effect before torchft is first imported."""
+    if os.environ.get("POTLUCK_LOG_LEVEL", "").upper() not in ("DEBUG", "INFO"):
+        os.environ.setdefault("RUST_LOG", "warn")
 
 
 class IdentityAdapter(logging.LoggerAdapter):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from potluck.errors import NetworkConfigError
+from potluck.contracts.errors import NetworkConfigError
 from potluck.net.address import (
     AddressKind,
     Interface,

@@ -13,14 +13,14 @@ import pytest
 import uvicorn
 from cluster_helpers import wait_until
 
-from potluck.agent.client import CoordinatorClient
-from potluck.agent.hardware import local_versions
+from potluck.contracts.client import CoordinatorClient
+from potluck.contracts.errors import AuthError, ConfigError, HostUnreachableError
+from potluck.contracts.versions import local_versions
+from potluck.contracts.wire import RegisterRequest
 from potluck.coordinator.app import create_app
 from potluck.coordinator.auth import load_or_create_token, token_matches
-from potluck.coordinator.schemas import RegisterRequest
 from potluck.coordinator.service import Coordinator, CoordinatorConfig
 from potluck.coordinator.store import Store
-from potluck.errors import AuthError, ConfigError, HostUnreachableError
 
 TOKEN = "t0ken-for-tests-0123456789abcdef"
 

@@ -21,8 +21,9 @@ JOB = ["--model", "mlp", "--dataset", "digits", "--global-batch", "128", "--poli
 
 def job_yaml(cluster: Cluster, **fields: Any) -> str:
     path = cluster.tmp / "job.yaml"
-    path.write_text("".join(f"{k}: {v}\n" for k, v in {"emulated_sample_s": 0.0004, "step_timeout_s": 8,
-                                                        "rebalance_interval": 5, **fields}.items()))
+    flat = {"rebalance_interval": 5, **fields}
+    path.write_text("emulation: {sample_s: 0.0004}\nfault: {step_timeout_s: 8}\n"
+                    + "".join(f"{k}: {v}\n" for k, v in flat.items()))
     return str(path)
 
 
@@ -83,7 +84,7 @@ def test_killed_agent_is_lost_then_rejoins_the_running_job(cluster: Cluster) -> 
     c = cluster.start_agent(host, "c", "127.0.0.4", 0.5)
     wait_until(lambda: len(cluster.nodes()) == 2, 60, "two nodes to join")
 
-    out = cluster.cli("train", *JOB, "--steps", "250", "--config", job_yaml(cluster), "--detach", "--json")
+    out = cluster.cli("train", *JOB, "--steps", "600", "--config", job_yaml(cluster), "--detach", "--json")
     assert out.returncode == 0, out.stderr
     job_id = json.loads(out.stdout)["job_id"]
     wait_until(lambda: job(cluster, job_id)["progress"]["step"] >= 15, 90, "training to reach step 15")

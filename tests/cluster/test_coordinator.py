@@ -8,10 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from potluck.agent.hardware import compare_versions, local_versions, parse_nvidia_smi
-from potluck.coordinator import schemas as s
-from potluck.coordinator.service import ApiError, Coordinator, CoordinatorConfig
+from potluck.agent.hardware import parse_nvidia_smi
+from potluck.contracts import wire as s
+from potluck.contracts.errors import ConfigError, ConflictError, VersionMismatchError
+from potluck.contracts.versions import compare_versions, local_versions
+from potluck.coordinator.service import Coordinator, CoordinatorConfig
 from potluck.coordinator.store import Store
 
 VERSIONS = s.Versions(python="3.11", torch="2.13.0+cpu", torchft="0.2.0", potluck="0.1.0")
@@ -46,11 +49,11 @@ def test_names_are_unique_and_slots_stable(tmp_path: Path) -> None:
 
 def test_version_mismatch_is_refused_and_nothing_stored(tmp_path: Path) -> None:
     c = make(tmp_path)
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(VersionMismatchError) as err:
         reg(c, "old", torch="2.12.0")
-    assert err.value.status == 409
-    assert err.value.extra["diffs"][0]["component"] == "torch"
-    assert "2.12.0" in err.value.detail and "2.13.0" in err.value.detail
+    assert err.value.http_status == 409
+    assert err.value.diffs[0]["component"] == "torch"
+    assert "2.12.0" in str(err.value) and "2.13.0" in str(err.value)
     assert c.nodes() == []
 
 
@@ -74,14 +77,14 @@ def test_nvidia_smi_parsing() -> None:
 
 def test_submit_needs_a_live_node_and_a_valid_config(tmp_path: Path) -> None:
     c = make(tmp_path)
-    with pytest.raises(ApiError, match="no live nodes"):
+    with pytest.raises(ConflictError, match="no live nodes"):
         c.submit(s.JobSubmit(config={"steps": 5}))
     reg(c, "a")
-    with pytest.raises(ApiError, match="unknown model 'resnet9000'") as err:
+    with pytest.raises(ConfigError, match="unknown model 'resnet9000'") as err:
         c.submit(s.JobSubmit(config={"model": "resnet9000"}))
-    assert err.value.status == 422
-    with pytest.raises(ApiError, match="unknown job field.*stepz"):
-        c.submit(s.JobSubmit(config={"stepz": 5}))
+    assert err.value.http_status == 422
+    with pytest.raises(ValidationError, match="stepz"):
+        s.JobSubmit(config={"stepz": 5})
     assert c.jobs() == []
 
 
@@ -102,12 +105,18 @@ def test_job_life_cycle_with_start_barrier(tmp_path: Path) -> None:
     assert c.heartbeat(b.node_id, s.HeartbeatRequest()).assignment.go is True
     # Metrics: steps and an allocation, then done records.
     for node, slot in ((a, 0), (b, 1)):
+        who = {"t": 1.0, "replica": node.name, "slot": slot}
         c.metrics(node.node_id, job.id, s.MetricsRequest(records=[
-            {"type": "allocation", "step": 0, "allocation": {"0": 40, "1": 24}, "reason": "r"},
-            *[{"type": "step", "step": i, "committed": True, "local_batch": 40 - 16 * slot,
+            {**who, "type": "allocation", "step": 0, "allocation": {"0": 40, "1": 24}, "reason": "r"},
+            *[{**who, "type": "step", "step": i, "committed": True, "local_batch": 40 - 16 * slot,
+               "participants": 2, "quorum_s": 0.001, "allreduce_s": 0.02, "commit_s": 0.001,
                "compute_s": 0.03, "comm_s": 0.01, "wait_s": 0.01 * slot, "loss": 2.0 - i / 2,
                "samples_per_s": 900.0} for i in range(3)],
-            {"type": "done", "step": 2, "final_loss": 1.0, "test_accuracy": 0.9, "loss": float("nan")},
+            {**who, "type": "done", "step": 2, "final_loss": 1.0, "test_accuracy": 0.9,
+             "speed": 1.0, "final_step": 2, "committed_steps_here": 3, "discarded_steps": 0,
+             "wall_s": 1.0, "started_at": 1.0, "ended_at": 2.0, "samples_per_s": 900.0,
+             "allocation": {"0": 40, "1": 24}, "rebalances": 0, "host": "h",
+             "params_sha256": "0" * 64},
         ]))
     info = c.job_info(job.id)
     assert info.progress.step == 2 and info.progress.shares == {"a": 0.625, "b": 0.375}
@@ -160,7 +169,7 @@ def test_every_replica_failed_fails_the_job_and_the_next_starts(tmp_path: Path) 
     assert "boom" in (c.job_info(first.id).message or "")
     assert c.job_info(second.id).state == "running"
     assert c.cancel(second.id).state == "cancelled"
-    with pytest.raises(ApiError, match="already cancelled"):
+    with pytest.raises(ConflictError, match="already cancelled"):
         c.cancel(second.id)
 
 

@@ -111,7 +111,7 @@ def test_agents_in_namespaces_pick_the_route_interface_and_train(cluster: Cluste
         assert (nodes[name]["address"], nodes[name]["interface"]) == (info["addr"], info["iface"])
 
     yaml = cluster.tmp / "job.yaml"
-    yaml.write_text("emulated_sample_s: 0.0003\nstep_timeout_s: 8\n")
+    yaml.write_text("emulation: {sample_s: 0.0003}\nfault: {step_timeout_s: 8}\n")
     out = cluster.cli("train", "--steps", "30", "--global-batch", "128", "--config", str(yaml), "--json",
                       prefix=in_host, timeout=150)
     assert out.returncode == 0, out.stderr + out.stdout

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from potluck.demo.local_cluster import LocalCluster
+from potluck.contracts.jobspec import JobSpec
+from potluck.launcher import LocalCluster
 from potluck.trainer.core import global_batch_indices, train_reference
-from potluck.trainer.spec import JobConfig
 
 
 def committed(records: list[dict]) -> dict[int, dict]:
@@ -29,8 +29,9 @@ def done(records: list[dict]) -> dict:
 
 def test_uneven_allocation_equals_one_big_machine(tmp_path: Path) -> None:
     """Proportional shares 4:2:1, one replica micro-batching: same parameters as one process."""
-    job = JobConfig(steps=6, global_batch=140, policy="proportional", emulated_sample_s=2e-4,
-                    profiles={"0": [0.0, 1e-3], "1": [0.0, 2e-3], "2": [0.0, 4e-3]}).validate()
+    job = JobSpec.parse({"steps": 6, "global_batch": 140, "policy": "proportional",
+                         "emulation": {"sample_s": 2e-4},
+                         "balancer": {"profiles": {"0": [0.0, 1e-3], "1": [0.0, 2e-3], "2": [0.0, 4e-3]}}})
     model_path = tmp_path / "model.pt"
     with LocalCluster(job, [1.0, 0.5, 0.25], tmp_path / "run", save_model=str(model_path),
                       memory_caps={0: 16}) as cluster:
@@ -48,8 +49,8 @@ def test_uneven_allocation_equals_one_big_machine(tmp_path: Path) -> None:
 
 def test_kill_and_restart_keeps_exactly_once_and_identical_state(tmp_path: Path) -> None:
     """Kill a replica mid-epoch, restart it: survivors go on, it heals, nothing is lost."""
-    job = JobConfig(steps=24, global_batch=240, policy="dynamic", rebalance_interval=2,
-                    emulated_sample_s=4e-3).validate()
+    job = JobSpec.parse({"steps": 24, "global_batch": 240, "policy": "dynamic", "rebalance_interval": 2,
+                         "emulation": {"sample_s": 4e-3}})
     speeds = [1.0, 0.5, 1.0]
     with LocalCluster(job, speeds, tmp_path / "run", record_indices=True,
                       fail_at={1: 4}) as cluster:
@@ -94,7 +95,7 @@ def test_kill_and_restart_keeps_exactly_once_and_identical_state(tmp_path: Path)
 
 
 def test_emulated_speeds_are_the_speeds_asked_for(tmp_path: Path) -> None:
-    job = JobConfig(steps=4, global_batch=120, policy="equal", emulated_sample_s=2e-3).validate()
+    job = JobSpec.parse({"steps": 4, "global_batch": 120, "policy": "equal", "emulation": {"sample_s": 2e-3}})
     with LocalCluster(job, [1.0, 0.5, 0.25], tmp_path / "run") as cluster:
         assert cluster.wait(120) == {0: 0, 1: 0, 2: 0}
         per_sample = []
@@ -108,7 +109,8 @@ def test_emulated_speeds_are_the_speeds_asked_for(tmp_path: Path) -> None:
 
 def test_proportional_profiles_itself_when_no_launcher_does(tmp_path: Path) -> None:
     """As in a cluster: no profiles given, each replica profiles its own emulated device."""
-    job = JobConfig(steps=4, global_batch=128, policy="proportional", emulated_sample_s=2e-3).validate()
+    job = JobSpec.parse({"steps": 4, "global_batch": 128, "policy": "proportional",
+                         "emulation": {"sample_s": 2e-3}})
     with LocalCluster(job, [1.0, 0.25], tmp_path / "run") as cluster:
         assert cluster.wait(120) == {0: 0, 1: 0}
         steps = committed(cluster.records(0))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from potluck.balancer import split_equal
-from potluck.errors import ConfigError
+from potluck.contracts.errors import ConfigError
 from potluck.trainer.sampler import epoch_permutation, slice_for, step_indices, steps_per_epoch
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import httpx
-
-from potluck.doctor import schemas as d
+from potluck.contracts import wire as d
+from potluck.contracts.client import CoordinatorClient
+from potluck.contracts.errors import NotFoundError, PotluckError
 from potluck.log import get_logger
 from potluck.net.probe import ProbeListener, ProbeSettings, probe_link
 
@@ -33,14 +33,9 @@ class DoctorHandler:
         config = agent.config
         self.url = config.url.rstrip("/")
         self.address: str = config.node.advertise
-        self.host = httpx.URL(self.url).host
         self.name: str = getattr(agent.registration, "name", None) or config.name
-        self._http = httpx.Client(
-            base_url=self.url,
-            headers={"Authorization": f"Bearer {config.token}"},
-            timeout=POLL_WAIT_S + 10,
-            trust_env=False,
-        )
+        self._client = CoordinatorClient(self.url, config.token)
+        self.host = self._client.host
         self._stop = threading.Event()
         self._listeners: list[ProbeListener] = []
         self._thread = threading.Thread(target=self._loop, name="doctor", daemon=True)
@@ -53,24 +48,25 @@ class DoctorHandler:
         self._stop.set()
         for listener in self._listeners:
             listener.close()
-        self._http.close()
+        self._client.close()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             node_id = self.agent.node_id
             try:
-                resp = self._http.get(f"/api/v1/doctor/tasks/{node_id}", params={"wait": POLL_WAIT_S})
-                if resp.status_code == 404 and "doctor run" not in resp.text:
-                    log.info("the host has no doctor routes; not serving doctor rounds")
-                    return
-                resp.raise_for_status()
-                task = d.TaskResponse(**resp.json()).task
+                task = self._client.doctor_task(node_id, POLL_WAIT_S)
                 if task is not None:
                     self._handle(node_id, task)
-            except Exception as exc:  # never let the doctor take the agent down
+            except NotFoundError as exc:
+                if "doctor run" not in str(exc):
+                    log.info("the host has no doctor routes; not serving doctor rounds")
+                    return
+                log.info("doctor round gone: %s", exc)  # it ended before we answered
+            except PotluckError as exc:
                 if self._stop.is_set():
                     return  # stop() closed the client under a long poll
-                log.debug("doctor poll failed: %s", exc)
+                # The heartbeat loop reports a host that is down; here we only back off.
+                log.info("doctor poll failed (retrying in 2 s): %s", exc)
                 self._stop.wait(2.0)
 
     def _handle(self, node_id: int, task: d.Task) -> None:
@@ -83,14 +79,14 @@ class DoctorHandler:
             else:
                 self._listeners = [lst for lst in self._listeners if not lst.closed] + [listener]
                 body.port = listener.port
-            self._post(f"/api/v1/doctor/runs/{task.run_id}/listening", body)
+            self._client.doctor_listening(task.run_id, body)
         else:
             settings = ProbeSettings(**task.settings)
             probes = [
                 d.ProbeOut(target=t.name, probe=probe_link(t.address, t.port, settings).to_dict())
                 for t in task.targets
             ]
-            self._post(f"/api/v1/doctor/runs/{task.run_id}/probed", d.Probed(node_id=node_id, probes=probes))
+            self._client.doctor_probed(task.run_id, d.Probed(node_id=node_id, probes=probes))
 
     def _checks(self, mode: str) -> list[dict[str, Any]]:
         from potluck.doctor.node import node_checks_for_agent
@@ -99,7 +95,3 @@ class DoctorHandler:
             self.name, self.host, self.address, self.agent.config.state_dir, cuda=mode == "full"
         )
         return [c.to_dict() for c in checks]
-
-    def _post(self, path: str, body: Any) -> None:
-        resp = self._http.post(path, json=body.model_dump())
-        resp.raise_for_status()

@@ -20,12 +20,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from potluck.agent.client import ApiResponseError, CoordinatorClient, VersionMismatch
-from potluck.agent.hardware import compare_versions, detect_hardware, local_versions
+from potluck.agent.hardware import detect_hardware
 from potluck.agent.runner import NodeSettings, ReplicaRunner
-from potluck.coordinator import schemas as s
+from potluck.contracts import wire as s
+from potluck.contracts.client import CoordinatorClient
+from potluck.contracts.errors import (
+    ApiResponseError,
+    ClusterError,
+    ConfigError,
+    ConflictError,
+    HostUnreachableError,
+    NotFoundError,
+)
+from potluck.contracts.versions import local_versions, require_same_versions
 from potluck.coordinator.auth import write_private
-from potluck.errors import ClusterError, HostUnreachableError
 from potluck.log import get_logger
 
 log = get_logger("agent")
@@ -91,15 +99,9 @@ class Agent:
     # joining --------------------------------------------------------------------------------
 
     def check_versions(self) -> s.ClusterInfo:
-        """Compare with the host before registering. Raises VersionMismatch with the diffs."""
+        """Compare with the host before registering. Raises VersionMismatchError with the diffs."""
         info = self.client.info()
-        diffs = compare_versions(info.versions, local_versions())
-        if diffs:
-            what = ", ".join(f"{d.component} {d.node} (host has {d.host})" for d in diffs)
-            raise VersionMismatch(
-                f"version mismatch with the host: {what}; install the host's versions here",
-                [d.__dict__ for d in diffs],
-            )
+        require_same_versions(info.versions, local_versions(), where="this machine")
         self.interval_s = info.heartbeat_interval_s
         return info
 
@@ -143,14 +145,17 @@ class Agent:
                         self.on_event(f"lost connection to the host: {exc}; retrying with backoff")
                     backoff = min(MAX_BACKOFF_S, max(0.5, backoff * 2))
                     wait = backoff
-                except ApiResponseError as exc:
-                    if exc.status == 404 and "unknown node" in str(exc):
+                except NotFoundError as exc:
+                    if "unknown node" in str(exc):
                         self.on_event("the host does not know this node any more: registering again")
                         self._rejoin()
                         wait = 0.0
                     else:
                         self.on_event(f"host error: {exc}")
                         wait = self.interval_s
+                except (ApiResponseError, ConflictError) as exc:
+                    self.on_event(f"host error: {exc}")
+                    wait = self.interval_s
                 self.stop_event.wait(wait)
         finally:
             self._shutdown()
@@ -206,9 +211,7 @@ class Agent:
             batch = self.pending[:METRICS_BATCH]
             try:
                 self.client.metrics(self.node_id, self.pending_job, batch)
-            except ApiResponseError as exc:
-                if exc.status not in (404, 422):
-                    raise
+            except (NotFoundError, ConfigError) as exc:
                 log.warning("dropping %d metrics records the host refused: %s", len(batch), exc)
             del self.pending[: len(batch)]
 

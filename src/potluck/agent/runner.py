@@ -12,18 +12,17 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from potluck.coordinator.schemas import Assignment, ReplicaReport
+from potluck.contracts.jobspec import ReplicaSpec
+from potluck.contracts.wire import Assignment, ReplicaReport
+from potluck.launcher.process import spawn_replica
 from potluck.log import get_logger
-from potluck.trainer.spec import JobConfig, ReplicaSpec
+from potluck.trainer.sinks import JsonlTail
 
 log = get_logger("agent.runner")
-
-REPLICA_MODULE = "potluck.trainer.replica"
 
 
 @dataclass(kw_only=True)
@@ -57,18 +56,6 @@ def replica_env(settings: NodeSettings, base: dict[str, str] | None = None) -> d
     return env
 
 
-def _detach_and_die_with_parent() -> None:
-    """In the child before exec: own session (Ctrl-C in the agent's terminal reaches only the
-    agent, which stops replicas itself), and SIGKILL if the agent dies, so a crashed or killed
-    agent never leaves an orphan replica training in the group."""
-    os.setsid()
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 class ReplicaRunner:
     """One replica process: start, poll, tail its metrics, stop."""
 
@@ -84,7 +71,7 @@ class ReplicaRunner:
         self.run_dir = job_dir / f"attempt-{attempt}"
         self.run_dir.mkdir(parents=True)
         self.spec = ReplicaSpec(
-            job=JobConfig(**assignment.job),
+            job=assignment.job,
             slot=assignment.slot,
             name=assignment.name,
             lighthouse=assignment.lighthouse,
@@ -94,12 +81,11 @@ class ReplicaRunner:
             device=settings.device,
             threads=settings.threads,
             start_barrier=0 if assignment.go else 2,
-        ).validate()
+        )
         self._ready_dir = self.run_dir / "ready"
         self.waiting = not assignment.go
         self.metrics_path = self.run_dir / "replicas" / f"{assignment.name}.jsonl"
-        self._offset = 0
-        self._partial = b""
+        self._tail = JsonlTail([self.metrics_path])
         self._seen_records = False
         self._done = False
         self._last_step: int | None = None
@@ -109,14 +95,7 @@ class ReplicaRunner:
         # For `potluck doctor` and humans: which interface this replica was pinned to.
         pins = {k: v for k, v in env.items() if k.endswith("_SOCKET_IFNAME")}
         (self.run_dir / "network.json").write_text(json.dumps(pins) + "\n")
-        self._log = open(self.run_dir / "replica.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", REPLICA_MODULE, str(spec_path)],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_detach_and_die_with_parent,
-        )
+        self.proc = spawn_replica(spec_path, self.run_dir / "replica.log", env=env)
         log.info("job %s: started replica pid %s in %s", assignment.job_id, self.proc.pid, self.run_dir)
 
     @property
@@ -135,33 +114,14 @@ class ReplicaRunner:
         self.waiting = False
 
     def read_records(self) -> list[dict[str, Any]]:
-        """New complete records from the metrics file since the last call."""
-        try:
-            with self.metrics_path.open("rb") as fh:
-                fh.seek(self._offset)
-                chunk = fh.read()
-        except FileNotFoundError:
-            return []
-        self._offset += len(chunk)
-        data = self._partial + chunk
-        lines = data.split(b"\n")
-        self._partial = lines.pop()  # an unfinished last line waits for the next call
-        records = []
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                log.warning("job %s: skipping unreadable metrics line", self.job_id)
-                continue
-            if isinstance(rec, dict):
-                records.append(rec)
-                self._seen_records = True
-                if rec.get("type") == "done":
-                    self._done = True
-                if isinstance(rec.get("step"), int):
-                    self._last_step = rec["step"]
+        """New complete records from the event file since the last call."""
+        records = self._tail.poll()
+        for rec in records:
+            self._seen_records = True
+            if rec.get("type") == "done":
+                self._done = True
+            if isinstance(rec.get("step"), int):
+                self._last_step = rec["step"]
         return records
 
     def report(self) -> ReplicaReport:
@@ -204,4 +164,3 @@ class ReplicaRunner:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        self._log.close()

@@ -1,7 +1,7 @@
 """Cluster commands: ``host``, ``join``, ``status``, ``train``, ``jobs``, ``logs``.
 
 Thin wiring: parse flags, build the config objects, call the coordinator/agent services and
-render. Every failure is a :class:`~potluck.errors.PotluckError` (one red line, exit code).
+render. Every failure is a :class:`~potluck.contracts.errors.PotluckError` (one red line, exit code).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,14 @@ from rich.progress import (
 )
 
 from potluck.cli import cluster_view as view
-from potluck.errors import AuthError, ConfigError, HostUnreachableError, TrainingError
+from potluck.contracts.errors import (
+    AuthError,
+    ConfigError,
+    HostUnreachableError,
+    TrainingError,
+    VersionMismatchError,
+)
+from potluck.contracts.jobspec import JobSpec
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -45,7 +51,7 @@ def _host_state_dir(state_dir: Path | None) -> Path:
 
 def _connect(host: str | None, token: str | None, state_dir: Path | None) -> Any:
     """A client for ``--host/--token`` (or their env vars), else the host in the state dir."""
-    from potluck.agent.client import CoordinatorClient
+    from potluck.contracts.client import CoordinatorClient
     from potluck.coordinator.host import DEFAULT_PORT, read_host_file
     from potluck.net.address import split_host_port, url_host
 
@@ -91,7 +97,7 @@ def host(
     json_out: bool = typer.Option(False, "--json", help="Print the join details as one JSON line instead of text."),
 ) -> None:
     """Start the coordinator (API, Lighthouse, local agent) and print the join command."""
-    from potluck.agent.hardware import local_versions
+    from potluck.contracts.versions import local_versions
     from potluck.coordinator.auth import load_or_create_token
     from potluck.coordinator.host import Host, HostConfig
     from potluck.net import address as net
@@ -167,7 +173,6 @@ def join(
     state_dir: Path | None = typer.Option(None, "--state-dir", envvar="POTLUCK_AGENT_DIR", help=STATE_DIR_HELP.format(what="agent")),
 ) -> None:
     """Join a cluster: register this machine, then run the jobs the host assigns. Ctrl-C leaves."""
-    from potluck.agent.client import VersionMismatch
     from potluck.agent.hardware import detect_gpus
     from potluck.agent.node import Agent, AgentConfig, default_node_name
     from potluck.agent.runner import NodeSettings
@@ -201,7 +206,7 @@ def join(
     )
     try:
         reg = agent.join()
-    except VersionMismatch as exc:
+    except VersionMismatchError as exc:
         err.print(view.versions_table(exc.diffs))
         raise
     console.print(
@@ -261,7 +266,7 @@ def logs(
     json_out: bool = typer.Option(False, "--json", help="Print JSON lines instead of text."),
 ) -> None:
     """Show a job's events (submitted, started, replicas joining and leaving, result)."""
-    from potluck.coordinator.schemas import FINISHED_JOB_STATES
+    from potluck.contracts.wire import FINISHED_JOB_STATES
 
     client = _connect(host_url, token, state_dir)
     after = 0
@@ -282,12 +287,12 @@ def logs(
 # train ----------------------------------------------------------------------------------------
 
 
-def _job_config(config_file: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
-    """JobConfig fields from a YAML file, overridden by flags; validated. Raises ConfigError."""
+def _job_config(config_file: Path | None, flags: dict[str, Any]) -> JobSpec:
+    """The job from a YAML file (sections or flat option names), overridden by flags;
+    validated. Raises ConfigError."""
     import yaml
 
-    from potluck.coordinator.service import job_config_from
-    from potluck.trainer.spec import JobConfig
+    from potluck.recipes import check_spec
 
     raw: dict[str, Any] = {}
     if config_file is not None:
@@ -299,10 +304,8 @@ def _job_config(config_file: Path | None, flags: dict[str, Any]) -> dict[str, An
             raise ConfigError(f"--config {config_file} is not valid YAML: {str(exc).splitlines()[0]}") from exc
         if not isinstance(loaded, dict):
             raise ConfigError(f"--config {config_file} must be a mapping of job fields, e.g. `model: mlp`")
-        raw = {str(k).replace("-", "_"): v for k, v in loaded.items()}
-    raw.update({k: v for k, v in flags.items() if v is not None})
-    config = job_config_from(raw)
-    return {f.name: getattr(config, f.name) for f in fields(JobConfig)}
+        raw = loaded
+    return check_spec(JobSpec.parse(raw).with_options(flags))
 
 
 def train(
@@ -343,7 +346,7 @@ def train(
     interrupted = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     try:
-        job = _watch(client, job.id, config.get("steps"), quiet=json_out, stop=interrupted)
+        job = _watch(client, job.id, config.steps, quiet=json_out, stop=interrupted)
     finally:
         signal.signal(signal.SIGINT, previous)
     if interrupted.is_set():
@@ -365,7 +368,7 @@ def train(
 def _watch(client: Any, job_id: int, total: int | None, *, quiet: bool,
            stop: threading.Event) -> Any:
     """Poll the job until it finishes or ``stop`` is set; returns the last JobInfo."""
-    from potluck.coordinator.schemas import FINISHED_JOB_STATES
+    from potluck.contracts.wire import FINISHED_JOB_STATES
 
     if quiet:
         while (job := client.job(job_id)).state not in FINISHED_JOB_STATES and not stop.wait(0.5):

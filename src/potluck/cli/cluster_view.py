@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
-from potluck.coordinator import schemas as s
+from potluck.contracts import wire as s
 
 
 def ago(t: float | None, now: float | None = None) -> str:

@@ -9,9 +9,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from potluck.contracts.errors import ConfigError, HostUnreachableError, NetworkConfigError
 from potluck.doctor.node import NodeOptions, check_node, default_state_dir
 from potluck.doctor.render import render, to_json
-from potluck.errors import ConfigError, HostUnreachableError, NetworkConfigError
 
 
 def _host_from_state(state_dir: Path | None) -> tuple[str, int, str | None]:

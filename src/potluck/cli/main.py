@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 from potluck import __version__
-from potluck.errors import PotluckError
+from potluck.contracts.errors import PotluckError
 from potluck.log import setup_logging
 
 COMMAND_MODULES = [

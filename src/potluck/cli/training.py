@@ -10,17 +10,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from potluck.trainer.spec import JobConfig
+from potluck.contracts.jobspec import JobSpec
 
 
 def _job_from_flags(*, model: str, dataset: str, global_batch: int, steps: int | None,
                     epochs: float | None, seed: int, policy: str, rebalance_interval: int,
-                    lr: float, deadband: float) -> JobConfig:
+                    lr: float, deadband: float) -> JobSpec:
     if steps is None and epochs is None:
         steps = 60
-    return JobConfig(model=model, dataset=dataset, global_batch=global_batch, steps=steps,
-                     epochs=epochs, seed=seed, policy=policy, rebalance_interval=rebalance_interval,
-                     lr=lr, deadband=deadband).validate()
+    return JobSpec().with_options(dict(
+        model=model, dataset=dataset, global_batch=global_batch, steps=steps, epochs=epochs,
+        seed=seed, policy=policy, rebalance_interval=rebalance_interval, lr=lr, deadband=deadband))
 
 
 def _summary_table(results: list[dict[str, Any]]) -> Table:
@@ -41,6 +41,21 @@ def _summary_table(results: list[dict[str, Any]]) -> Table:
     ]
     for label, fmt in rows:
         table.add_row(label, *[fmt(r) for r in results])
+    return table
+
+
+def render_profiles(profiles: list[Any]) -> Table:
+    table = Table(title="potluck profile")
+    for col in ("device", "batch", "samples/s", "forward ms", "backward ms", "optimizer ms"):
+        table.add_column(col, justify="left" if col == "device" else "right")
+    for p in profiles:
+        for i, t in enumerate(p.timings):
+            table.add_row(f"{p.device} ({p.device_name})" if i == 0 else "", str(t.batch),
+                          f"{t.samples_per_s:,.0f}", f"{t.forward_s * 1e3:.2f}",
+                          f"{t.backward_s * 1e3:.2f}", f"{t.optimizer_s * 1e3:.2f}")
+        table.add_row("", "fit", f"{1 / p.sample_s:,.0f} max", f"overhead {p.overhead_s * 1e3:.2f} ms",
+                      f"largest batch {p.max_batch:,}", f"budget {p.memory_budget_mb:,.0f} MiB",
+                      end_section=True)
     return table
 
 
@@ -97,12 +112,17 @@ def profile(
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout and nothing else."),
 ) -> None:
     """Measure this machine's devices for a model: samples/s, forward/backward split, largest batch."""
-    from potluck.profiler import parse_batch_sizes, profile_devices, render_profiles
+    from potluck.profiler import parse_batch_sizes, profile_devices
 
     sizes = parse_batch_sizes(batch_sizes)
     console = None if as_json else Console()
+
+    def announce(dev: str) -> None:
+        if console is not None:
+            console.print(f"profiling {model} on {dev} at batch sizes {sizes}...", markup=False)
+
     results = profile_devices(model=model, dataset=dataset, batch_sizes=sizes, device=device,
-                              memory_budget_mb=memory_budget_mb, console=console)
+                              memory_budget_mb=memory_budget_mb, on_device=announce)
     if as_json:
         print(json.dumps([r.to_dict() for r in results]))
     else:

@@ -17,9 +17,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from potluck.coordinator import schemas as s
+from potluck.contracts import wire as s
+from potluck.contracts.errors import PotluckError
 from potluck.coordinator.auth import TokenMiddleware
-from potluck.coordinator.service import ApiError, Coordinator
+from potluck.coordinator.service import Coordinator
 from potluck.log import get_logger
 
 log = get_logger("coordinator.api")
@@ -52,9 +53,9 @@ def create_app(coordinator: Coordinator, token: str, *, tick_s: float = 1.0) -> 
 
     api = FastAPI(title="potluck coordinator", lifespan=lifespan, docs_url=None, redoc_url=None)
 
-    @api.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail, **exc.extra}, status_code=exc.status)
+    @api.exception_handler(PotluckError)
+    async def _api_error(_: Request, exc: PotluckError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), **exc.payload()}, status_code=exc.http_status)
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -106,7 +107,7 @@ def create_app(coordinator: Coordinator, token: str, *, tick_s: float = 1.0) -> 
         return coordinator.cancel(job_id)
 
     @api.get("/api/v1/jobs/{job_id}/events")
-    async def events(job_id: int, after: int = 0) -> list[s.Event]:
+    async def events(job_id: int, after: int = 0) -> list[s.LogEntry]:
         return coordinator.events(job_id, after)
 
     from potluck.coordinator.doctor_routes import doctor_router  # potluck doctor (issue 4)

@@ -14,7 +14,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from potluck.errors import ConfigError
+from potluck.contracts.errors import ConfigError
 
 TOKEN_BYTES = 24
 """192 bits of randomness (the issue asks for at least 128)."""

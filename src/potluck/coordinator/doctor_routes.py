@@ -5,7 +5,7 @@ apart from the core coordinator: rounds live in memory (they last seconds), and 
 measured facts go to SQLite, table ``links`` (one row per direction, the latest
 measurement), where ``potluck status --json`` and later the balancer read them.
 
-Round life cycle (see :mod:`potluck.doctor.schemas`): ``listening`` until every alive node
+Round life cycle (see :mod:`potluck.contracts.wire`): ``listening`` until every alive node
 reported its listener (or ``LISTEN_TIMEOUT_S``), ``probing`` one node at a time (each given
 ``PROBE_TIMEOUT_S`` per target), then ``done``. Agents long-poll ``tasks/{node_id}``.
 """
@@ -20,8 +20,8 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException
 
+from potluck.contracts import wire as d
 from potluck.coordinator.service import Coordinator
-from potluck.doctor import schemas as d
 from potluck.doctor.network import link_from_probe
 from potluck.net.probe import LinkProbe
 

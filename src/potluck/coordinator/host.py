@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from potluck.contracts.errors import ExperimentDirError, PortInUseError
+from potluck.contracts.wire import Versions
 from potluck.coordinator.auth import write_private
 from potluck.coordinator.lighthouse import Lighthouse, LighthouseSettings, check_port_free
-from potluck.coordinator.schemas import Versions
 from potluck.coordinator.service import Coordinator, CoordinatorConfig
 from potluck.coordinator.store import Store
-from potluck.errors import ExperimentDirError, PortInUseError
 from potluck.log import get_logger
 from potluck.net.address import url_host
 

@@ -10,7 +10,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from potluck.errors import PortInUseError
+from potluck.contracts.errors import PortInUseError
 
 
 @dataclass(kw_only=True)

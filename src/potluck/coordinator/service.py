@@ -17,16 +17,18 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from potluck.agent.hardware import compare_versions
-from potluck.coordinator import schemas as s
+from potluck.contracts import wire as s
+from potluck.contracts.addressing import http_url
+from potluck.contracts.errors import ConflictError, NotFoundError
+from potluck.contracts.jobspec import JobSpec
+from potluck.contracts.versions import require_same_versions
 from potluck.coordinator.store import Store, dumps, loads
-from potluck.errors import ConfigError
 from potluck.log import get_logger
-from potluck.trainer.spec import JobConfig
+from potluck.recipes import check_spec
 
 log = get_logger("coordinator")
 
@@ -39,16 +41,6 @@ ORPHAN_TIMEOUT_S = 120.0
 """A running job with no active replica for this long fails (every node lost for good)."""
 MAX_NODES = 4096
 """Slots ever handed out by one coordinator; a job uses the nodes with slot < max_replicas."""
-
-
-class ApiError(Exception):
-    """An error the HTTP layer turns into a status code and a one-line ``detail``."""
-
-    def __init__(self, status: int, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.extra = extra
 
 
 @dataclass(kw_only=True)
@@ -72,8 +64,7 @@ class CoordinatorConfig:
 
     @property
     def lighthouse(self) -> str:
-        host = f"[{self.advertise}]" if ":" in self.advertise else self.advertise
-        return f"http://{host}:{self.lighthouse_port}"
+        return http_url(self.advertise, self.lighthouse_port)
 
 
 def _finite(value: Any) -> Any:
@@ -87,16 +78,9 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def job_config_from(raw: dict[str, Any]) -> JobConfig:
-    """A validated JobConfig from untrusted JSON. Raises ConfigError naming the field."""
-    names = {f.name for f in fields(JobConfig)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise ConfigError(f"unknown job field(s): {', '.join(unknown)}")
-    try:
-        return JobConfig(**raw).validate()
-    except TypeError as exc:  # a wrong type that validate() trips over
-        raise ConfigError(f"bad job config: {exc}") from exc
+def job_spec_from(raw: object) -> JobSpec:
+    """A validated JobSpec from untrusted data, names checked. Raises ConfigError naming the field."""
+    return check_spec(JobSpec.parse(raw))
 
 
 class Coordinator:
@@ -163,14 +147,14 @@ class Coordinator:
     def job_info(self, job_id: int) -> s.JobInfo:
         row = self.store.job(job_id)
         if row is None:
-            raise ApiError(404, f"no job {job_id}: `potluck jobs` lists the jobs")
+            raise NotFoundError(f"no job {job_id}: `potluck jobs` lists the jobs")
         progress = self._progress.get(job_id) or s.JobProgress(**(loads(row["progress"]) or {}))
         summary = loads(row["summary"])
         return s.JobInfo(
             id=row["id"],
             name=row["name"],
             state=row["state"],
-            config=loads(row["config"]),
+            config=JobSpec.parse(loads(row["config"])),
             created_at=row["created_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
@@ -193,25 +177,18 @@ class Coordinator:
     def jobs(self) -> list[s.JobInfo]:
         return [self.job_info(row["id"]) for row in self.store.jobs()]
 
-    def events(self, job_id: int | None, after: int = 0) -> list[s.Event]:
+    def events(self, job_id: int | None, after: int = 0) -> list[s.LogEntry]:
         if job_id is not None and self.store.job(job_id) is None:
-            raise ApiError(404, f"no job {job_id}: `potluck jobs` lists the jobs")
+            raise NotFoundError(f"no job {job_id}: `potluck jobs` lists the jobs")
         return [
-            s.Event(id=r["id"], t=r["t"], kind=r["kind"], message=r["message"], node=r["node"])
+            s.LogEntry(id=r["id"], t=r["t"], kind=r["kind"], message=r["message"], node=r["node"])
             for r in self.store.events(job_id, after)
         ]
 
     # nodes ---------------------------------------------------------------------------------
 
     def register(self, req: s.RegisterRequest) -> s.RegisterResponse:
-        diffs = compare_versions(self.config.versions, req.versions)
-        if diffs:
-            what = ", ".join(f"{d.component} {d.node} (host has {d.host})" for d in diffs)
-            raise ApiError(
-                409,
-                f"version mismatch: {what}; install the host's versions on this node",
-                diffs=[d.__dict__ for d in diffs],
-            )
+        require_same_versions(self.config.versions, req.versions)
         now = time.time()
         hardware, versions = dumps(req.hardware.model_dump()), dumps(req.versions.model_dump())
         with self.store.tx() as conn:
@@ -237,7 +214,7 @@ class Coordinator:
                 used = {r["slot"] for r in rows}
                 slot = next(i for i in range(len(used) + 1) if i not in used)
                 if slot >= MAX_NODES:
-                    raise ApiError(409, f"cluster is full ({slot} nodes): start a new state dir")
+                    raise ConflictError(f"cluster is full ({slot} nodes): start a new state dir")
                 node_id = conn.execute(
                     "INSERT INTO nodes (name, node_key, slot, address, interface, hardware, versions,"
                     " speed, state, last_heartbeat, joined_at) VALUES (?,?,?,?,?,?,?,?,'alive',?,?)",
@@ -268,7 +245,7 @@ class Coordinator:
     def _node(self, node_id: int) -> Any:
         node = self.store.node(node_id)
         if node is None:
-            raise ApiError(404, f"unknown node {node_id}: register again")
+            raise NotFoundError(f"unknown node {node_id}: register again")
         return node
 
     def heartbeat(self, node_id: int, req: s.HeartbeatRequest) -> s.HeartbeatResponse:
@@ -330,8 +307,8 @@ class Coordinator:
         if rows and rows[0]["state"] in ("done", "failed", "stopped"):
             return None
         node = node or self._node(node_id)
-        config = loads(job["config"])
-        if node["slot"] >= config["max_replicas"]:
+        config = JobSpec.parse(loads(job["config"]))
+        if node["slot"] >= config.fault.max_replicas:
             return None  # the job has no room for this slot (raise max_replicas)
         if not rows or rows[0]["state"] == "lost":
             if job["id"] in self._first_done_at:
@@ -362,8 +339,8 @@ class Coordinator:
         """Store a batch of metrics records; returns how many were stored."""
         node = self._node(node_id)
         if self.store.job(job_id) is None:
-            raise ApiError(404, f"no job {job_id}")
-        records = [_finite(r) for r in req.records]
+            raise NotFoundError(f"no job {job_id}")
+        records = [_finite(r.model_dump(exclude_none=True)) for r in req.records]
         progress = self._progress.setdefault(job_id, s.JobProgress())
         rows = []
         for rec in records:
@@ -424,21 +401,17 @@ class Coordinator:
     # jobs ----------------------------------------------------------------------------------
 
     def submit(self, req: s.JobSubmit) -> s.JobInfo:
-        try:
-            config = job_config_from(req.config)
-        except ConfigError as exc:
-            raise ApiError(422, str(exc)) from exc
+        config = job_spec_from(req.config)
         if not any(r["state"] == "alive" for r in self.store.nodes()):
-            raise ApiError(
-                409,
+            raise ConflictError(
                 "no live nodes in the cluster: run `potluck join` on a machine (or start "
                 "`potluck host` without --no-local-agent)",
             )
-        raw = {f.name: getattr(config, f.name) for f in fields(JobConfig)}
+        raw = config.model_dump()
         with self.store.tx() as conn:
             job_id = conn.execute(
                 "INSERT INTO jobs (name, state, config, created_at) VALUES (?, 'queued', ?, ?)",
-                (req.name or f"{config.model}-{config.dataset}", dumps(raw), time.time()),
+                (req.name or f"{config.model.name}-{config.data.name}", dumps(raw), time.time()),
             ).lastrowid
             assert job_id is not None
             self.store.add_event(conn, "job", "submitted", job_id=job_id)
@@ -449,9 +422,9 @@ class Coordinator:
     def cancel(self, job_id: int) -> s.JobInfo:
         job = self.store.job(job_id)
         if job is None:
-            raise ApiError(404, f"no job {job_id}: `potluck jobs` lists the jobs")
+            raise NotFoundError(f"no job {job_id}: `potluck jobs` lists the jobs")
         if job["state"] in s.FINISHED_JOB_STATES:
-            raise ApiError(409, f"job {job_id} already {job['state']}")
+            raise ConflictError(f"job {job_id} already {job['state']}")
         self._finish(job_id, "cancelled", "cancelled by user")
         self._start_queued()
         return self.job_info(job_id)
@@ -470,7 +443,7 @@ class Coordinator:
             config = loads(conn.execute("SELECT config FROM jobs WHERE id=?", (job_id,)).fetchone()[0])
             alive = conn.execute(
                 "SELECT id, name, slot FROM nodes WHERE state='alive' AND slot < ?",
-                (config["max_replicas"],),
+                (config["fault"]["max_replicas"],),
             ).fetchall()
             conn.executemany(
                 "INSERT INTO replicas (job_id, node_id, slot, state, updated_at) "

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from potluck.errors import DataError
+from potluck.contracts.errors import DataError
 
 DATASETS = ("digits", "synthetic_image")
 

@@ -15,21 +15,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from potluck.data import load_dataset
-from potluck.demo.local_cluster import LocalCluster
-from potluck.errors import ConfigError, ExperimentDirError, TrainingError
-from potluck.models import build_model
+from potluck.contracts.errors import ConfigError, ExperimentDirError, TrainingError
+from potluck.contracts.jobspec import JobSpec
+from potluck.launcher import LocalCluster
 from potluck.profiler import profile_device
+from potluck.recipes import check_spec
 from potluck.trainer.core import build_training, train_reference
 from potluck.trainer.emulation import Emulator, calibrate
-from potluck.trainer.metrics import MetricsTail, read_jsonl
-from potluck.trainer.sampler import steps_per_epoch
-from potluck.trainer.spec import JobConfig
+from potluck.trainer.sinks import JsonlTail, read_jsonl
 
 DEFAULT_SPEEDS = (1.0, 0.5, 0.25)
 # The emulated speed-1.0 device takes at least this long per sample, so that padding, not
@@ -42,7 +41,7 @@ SOLO_STEPS = 3
 class DemoConfig:
     """Everything ``potluck demo`` needs; ``validate`` checks it before anything is written."""
 
-    job: JobConfig = field(default_factory=lambda: JobConfig(steps=60))
+    job: JobSpec = field(default_factory=lambda: JobSpec(steps=60))
     speeds: list[float] = field(default_factory=lambda: list(DEFAULT_SPEEDS))
     """Emulated speed of each node (its length is the node count)."""
     compare: bool = False
@@ -56,7 +55,7 @@ class DemoConfig:
     """Per-sample time of the speed-1.0 emulated device; default: measured, at least 1 ms."""
 
     def validate(self) -> DemoConfig:
-        self.job.validate()
+        check_spec(self.job)
         if not self.speeds:
             raise ConfigError("--speeds is empty: give one speed per node, e.g. --speeds 1,0.5,0.25")
         for s in self.speeds:
@@ -67,13 +66,11 @@ class DemoConfig:
                 f"--global-batch {self.job.global_batch} is smaller than the node count "
                 f"{len(self.speeds)}: use at least one sample per node"
             )
-        if len(self.speeds) > self.job.max_replicas:
-            raise ConfigError(f"at most {self.job.max_replicas} nodes, got {len(self.speeds)}")
+        if len(self.speeds) > self.job.fault.max_replicas:
+            raise ConfigError(f"at most {self.job.fault.max_replicas} nodes, got {len(self.speeds)}")
         if self.emulated_sample_ms is not None and not self.emulated_sample_ms > 0:
             raise ConfigError(f"--emulated-sample-ms must be > 0, got {self.emulated_sample_ms}")
-        data = load_dataset(self.job.dataset, seed=self.job.seed, test_fraction=self.job.test_fraction)
-        steps_per_epoch(len(data.train_y), self.job.global_batch)
-        build_model(self.job.model, data.input_shape, data.num_classes, self.job.seed)
+        build_training(self.job)  # builds the model and data: a bad size fails here, not later
         if self.save_model:
             parent = Path(self.save_model).expanduser().resolve().parent
             if not parent.is_dir() or not os.access(parent, os.W_OK):
@@ -123,27 +120,28 @@ def emulated_sample_s(cfg: DemoConfig) -> float:
     if cfg.emulated_sample_ms is not None:
         return cfg.emulated_sample_ms / 1e3
     tr = build_training(cfg.job)
-    sample_s, _ = calibrate(tr.model, tr.data.train_x, tr.data.train_y,
-                            min(cfg.job.global_batch, len(tr.data.train_y)))
+    x, y = tr.data.train.take(torch.arange(min(cfg.job.global_batch, tr.train_size)))
+    sample_s, _ = calibrate(tr.model, x, y, len(y))
     cores = os.cpu_count() or 1
     return max(MIN_EMULATED_SAMPLE_S, 8 * sample_s * len(cfg.speeds) / cores)
 
 
-def measure_solo(job: JobConfig, speed: float) -> float:
+def measure_solo(job: JobSpec, speed: float) -> float:
     """Samples/s of one emulated device of ``speed`` training alone on full global batches."""
-    emu = Emulator(speed, job.emulated_sample_s, job.emulated_overhead_s)
-    solo = replace(job, steps=SOLO_STEPS)
+    emu = Emulator(speed, job.emulation.sample_s, job.emulation.overhead_s)
+    solo = job.updated({"steps": SOLO_STEPS})
     _, samples_per_s = train_reference(solo, SOLO_STEPS, emulator=emu)
     return samples_per_s
 
 
-def profile_nodes(job: JobConfig, speeds: list[float]) -> dict[str, list[float]]:
+def profile_nodes(job: JobSpec, speeds: list[float]) -> dict[str, list[float]]:
     """Each node's ``[overhead_s, sample_s]`` measured by the profiler on its emulated device."""
     sizes = [max(1, job.global_batch // (8 * len(speeds))), max(2, job.global_batch // (2 * len(speeds)))]
     fitted: dict[float, list[float]] = {}
     for speed in sorted(set(speeds)):
-        prof = profile_device(model=job.model, dataset=job.dataset, device="cpu", batch_sizes=sizes,
-                              repeats=5, emulator=Emulator(speed, job.emulated_sample_s, job.emulated_overhead_s))
+        emulator = Emulator(speed, job.emulation.sample_s, job.emulation.overhead_s)
+        prof = profile_device(model=job.model.name, dataset=job.data.name, device="cpu",
+                              batch_sizes=sizes, repeats=5, emulator=emulator)
         fitted[speed] = [prof.overhead_s, prof.sample_s]
     return {str(i): fitted[s] for i, s in enumerate(speeds)}
 
@@ -166,7 +164,7 @@ class _Display:
         )
         self.task = self.progress.add_task("train", total=total, loss="-", sps="-")
         paths = [cluster.run_dir / "replicas" / f"{cluster.name(s)}.jsonl" for s in range(len(cluster.speeds))]
-        self.tail = MetricsTail(paths)
+        self.tail = JsonlTail(paths)
 
     def update(self) -> None:
         for rec in self.tail.poll():
@@ -203,9 +201,9 @@ class _Display:
 def run_policy(cfg: DemoConfig, policy: str, run_dir: Path, console: Console | None,
                ideal: float, *, save_model: str | None = None) -> dict[str, Any]:
     """Train ``cfg`` under ``policy`` on a local cluster; returns the summary dict."""
-    job = replace(cfg.job, policy=policy)
+    job = cfg.job.updated({"balancer.policy": policy})
     if policy in ("proportional", "hybrid"):
-        job = replace(job, profiles=profile_nodes(job, cfg.speeds))
+        job = job.updated({"balancer.profiles": profile_nodes(job, cfg.speeds)})
     total = build_training(job).total_steps
     cluster = LocalCluster(job, cfg.speeds, run_dir, save_model=save_model)
     with cluster:
@@ -230,7 +228,7 @@ def run_policy(cfg: DemoConfig, policy: str, run_dir: Path, console: Console | N
     return summarize(run_dir, job, cfg.speeds, ideal)
 
 
-def summarize(run_dir: Path, job: JobConfig, speeds: list[float], ideal: float) -> dict[str, Any]:
+def summarize(run_dir: Path, job: JobSpec, speeds: list[float], ideal: float) -> dict[str, Any]:
     summaries = [read_jsonl(p)[-1] for p in sorted((run_dir / "replicas").glob("*.jsonl"))]
     summaries = [s for s in summaries if s.get("type") == "done"]
     if not summaries:
@@ -241,7 +239,7 @@ def summarize(run_dir: Path, job: JobConfig, speeds: list[float], ideal: float) 
     sps = steps * job.global_batch / max(wall, 1e-9)
     decisions = read_jsonl(run_dir / "allocation.jsonl")
     return {
-        "policy": job.policy,
+        "policy": job.balancer.policy,
         "nodes": len(speeds),
         "speeds": speeds,
         "steps": steps,
@@ -263,10 +261,10 @@ def run_demo(cfg: DemoConfig, console: Console | None) -> dict[str, Any]:
     """The whole demo; ``console`` None means no live output (``--json``)."""
     cfg.validate()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = cfg.name or f"demo-{cfg.job.policy}-{stamp}"
+    name = cfg.name or f"demo-{cfg.job.balancer.policy}-{stamp}"
     run_dir = prepare_run_dir(cfg.experiments_dir, name)
     sample_s = emulated_sample_s(cfg)
-    cfg = replace(cfg, job=replace(cfg.job, emulated_sample_s=sample_s))
+    cfg = replace(cfg, job=cfg.job.updated({"emulation.sample_s": sample_s}))
     if console is not None:
         console.print(f"[bold]potluck demo[/]: {len(cfg.speeds)} nodes, speeds {', '.join(f'{s:g}' for s in cfg.speeds)}, "
                       f"global batch {cfg.job.global_batch}, emulated speed-1.0 device {sample_s * 1e3:.2f} ms/sample")
@@ -279,9 +277,9 @@ def run_demo(cfg: DemoConfig, console: Console | None) -> dict[str, Any]:
         for speed in sorted(set(cfg.speeds)):
             solo[speed] = measure_solo(cfg.job, speed)
     ideal = sum(solo[s] for s in cfg.speeds)
-    result = run_policy(cfg, cfg.job.policy, run_dir, console, ideal, save_model=cfg.save_model)
+    result = run_policy(cfg, cfg.job.balancer.policy, run_dir, console, ideal, save_model=cfg.save_model)
     result["solo_samples_per_s"] = {f"{s:g}": round(v, 2) for s, v in solo.items()}
-    if cfg.compare and cfg.job.policy != "equal":
+    if cfg.compare and cfg.job.balancer.policy != "equal":
         base_dir = prepare_run_dir(cfg.experiments_dir, f"{name}-equal")
         result["baseline"] = run_policy(cfg, "equal", base_dir, console, ideal)
     return result

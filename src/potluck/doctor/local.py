@@ -11,7 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
-from potluck.agent.hardware import detect_gpus, local_versions
+from potluck.agent.hardware import detect_gpus
+from potluck.contracts.versions import local_versions
 from potluck.doctor.report import Check, Fix, Status
 
 MIN_OPEN_FILES = 65536

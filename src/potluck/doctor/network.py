@@ -13,8 +13,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from potluck.contracts.errors import NetworkConfigError
 from potluck.doctor.report import Check, Fix, Link, Status, this_os
-from potluck.errors import NetworkConfigError
 from potluck.net import address as addr
 from potluck.net.probe import LinkProbe
 

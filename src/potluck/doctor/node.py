@@ -77,7 +77,7 @@ def node_checks_for_agent(
     ``address`` is what the agent registered; it is checked as an ``--advertise`` when it
     is not simply the route's source address.
     """
-    from potluck.errors import NetworkConfigError
+    from potluck.contracts.errors import NetworkConfigError
     from potluck.net.address import route_source
 
     try:

@@ -7,7 +7,7 @@
   :class:`PreflightError` naming the failing pair and the fix.
 - :func:`attach_links`: the stored link facts, merged into ``potluck status --json``.
 
-All HTTP goes through :class:`~potluck.agent.client.CoordinatorClient`, whose error
+All HTTP goes through :class:`~potluck.contracts.client.CoordinatorClient`, whose error
 translation (unreachable / wrong token / version mismatch) is reused as is.
 """
 
@@ -17,12 +17,19 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from potluck.agent.client import ApiResponseError, CoordinatorClient
-from potluck.agent.hardware import compare_versions, local_versions
-from potluck.doctor import schemas as d
+from potluck.contracts import wire as d
+from potluck.contracts.addressing import http_url
+from potluck.contracts.client import CoordinatorClient
+from potluck.contracts.errors import (
+    AuthError,
+    ClusterError,
+    HostUnreachableError,
+    NotFoundError,
+    PreflightError,
+)
+from potluck.contracts.versions import compare_versions, local_versions
 from potluck.doctor.network import check_clock
 from potluck.doctor.report import Check, Fix, Link, Report, Status, this_os
-from potluck.errors import AuthError, ClusterError, HostUnreachableError
 from potluck.net.probe import check_connect
 
 HOST_DOWN_FIX = Fix(
@@ -45,9 +52,6 @@ TOKEN_FIX = Fix(
     "$env:USERPROFILE\\.local\\share\\potluck\\host\\token) with --token or $env:POTLUCK_TOKEN",
 )
 
-
-class PreflightError(ClusterError):
-    """The pre-flight round found a problem that would make the job fail."""
 
 
 def _fmt(fix: Fix, **values: object) -> Fix:
@@ -81,7 +85,7 @@ def check_host(node: str, host: str, port: int, token: str | None) -> tuple[Repo
         add("host.token", Status.FAIL, "no token given: the host refuses every request without it",
             TOKEN_FIX)
         return report, None
-    client = CoordinatorClient(f"http://{_url_host(host)}:{port}", token)
+    client = CoordinatorClient(http_url(host, port), token)
     try:
         t0 = time.time()
         info = client.info()
@@ -90,7 +94,7 @@ def check_host(node: str, host: str, port: int, token: str | None) -> tuple[Repo
         add("host.token", Status.FAIL, f"the host at {where} refused the token (wrong or from "
             "another cluster)", TOKEN_FIX)
         return report, None
-    except (HostUnreachableError, ApiResponseError) as exc:
+    except (HostUnreachableError, ClusterError) as exc:
         client.close()
         add("host.token", Status.FAIL, f"{where} accepts connections but is not a working "
             f"potluck host: {exc}", HOST_DOWN_FIX)
@@ -100,10 +104,6 @@ def check_host(node: str, host: str, port: int, token: str | None) -> tuple[Repo
     _check_lighthouse(add, info.lighthouse, info.lighthouse_port)
     _check_clock(report, node, client, t0)
     return report, client
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 def _check_versions(add: Any, host_versions: Any) -> None:
@@ -132,20 +132,20 @@ def _check_lighthouse(add: Any, url: str, port: int) -> None:
 def _check_clock(report: Report, node: str, client: CoordinatorClient, t0: float) -> None:
     try:
         start = time.time()
-        remote = d.HostTime(**client._call("GET", "/api/v1/doctor/time")).time
+        remote = client.doctor_time()
         end = time.time()
-    except ApiResponseError:
+    except NotFoundError:
         return  # a host without doctor routes: nothing to compare with
     report.add(check_clock(node, remote - (start + end) / 2))
 
 
 def cluster_round(client: CoordinatorClient, mode: d.Mode = "full", timeout_s: float = 120.0) -> Report:
     """Run one doctor round on the host and wait for it. Raises ClusterError on API failures."""
-    run = d.RunInfo(**client._call("POST", "/api/v1/doctor/runs", {"mode": mode}))
+    run = client.doctor_start(mode)
     deadline = time.monotonic() + timeout_s
     while run.state != "done" and time.monotonic() < deadline:
         time.sleep(0.2)
-        run = d.RunInfo(**client._call("GET", f"/api/v1/doctor/runs/{run.id}"))
+        run = client.doctor_run(run.id)
     report = Report()
     for node in run.nodes:
         for raw in node.checks:
@@ -189,10 +189,8 @@ def preflight(client: CoordinatorClient, timeout_s: float = 60.0) -> Report:
     """
     try:
         report = cluster_round(client, "preflight", timeout_s)
-    except ApiResponseError as exc:
-        if exc.status == 404:
-            return Report()
-        raise
+    except NotFoundError:
+        return Report()
     failed_links = [lk for lk in report.links if lk.status is Status.FAIL]
     failed_checks = [c for c in report.checks if c.status is Status.FAIL]
     if not failed_links and not failed_checks:
@@ -211,8 +209,8 @@ def preflight(client: CoordinatorClient, timeout_s: float = 60.0) -> Report:
 def attach_links(client: CoordinatorClient, nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Add ``links`` (target name -> latest measured facts) to each node of ``status --json``."""
     try:
-        facts = [d.LinkFact(**f) for f in client._call("GET", "/api/v1/doctor/links")]
-    except ApiResponseError:
+        facts = client.doctor_links()
+    except NotFoundError:
         facts = []
     for node in nodes:
         node["links"] = {

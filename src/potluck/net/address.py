@@ -12,7 +12,7 @@ Small functions, pure where possible, so ``potluck doctor`` can reuse them:
   else the primary private LAN address; public addresses only with ``allow_public``.
 - :func:`agent_address` is a joining node's choice: the source address of the route to the host.
 
-All errors are :class:`~potluck.errors.NetworkConfigError` with a what/why/fix message.
+All errors are :class:`~potluck.contracts.errors.NetworkConfigError` with a what/why/fix message.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import socket
 import subprocess
 from dataclasses import dataclass
 
-from potluck.errors import NetworkConfigError
+from potluck.contracts.errors import NetworkConfigError
 
 VPN_NETWORKS = (ipaddress.ip_network("100.64.0.0/10"), ipaddress.ip_network("fd7a:115c:a1e0::/48"))
 """Tailscale's CGNAT range (and its IPv6 ULA prefix): addresses here are treated as VPN."""

@@ -6,7 +6,6 @@ from potluck.profiler.profile import (
     parse_batch_sizes,
     profile_device,
     profile_devices,
-    render_profiles,
 )
 
 __all__ = [
@@ -15,5 +14,4 @@ __all__ = [
     "parse_batch_sizes",
     "profile_device",
     "profile_devices",
-    "render_profiles",
 ]

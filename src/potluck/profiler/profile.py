@@ -1,24 +1,26 @@
 """Measure a device for a model: samples/s per batch size, forward/backward split, a fitted
 cost model ``overhead_s + sample_s * b`` (what the ``proportional`` policy uses) and the
 largest batch that fits (GPU: measured peak memory; CPU: activation bytes under a RAM budget).
+
+Measuring only: the training kernel uses it (replicas profile their own device for the
+``proportional`` policy), so it imports no UI library; the CLI renders the results.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.table import Table
 from torch import nn
 
 from potluck.balancer.policy import Speed
-from potluck.data import load_dataset
-from potluck.errors import ConfigError
-from potluck.models import build_model
+from potluck.contracts.errors import ConfigError
+from potluck.contracts.jobspec import JobSpec
+from potluck.recipes import Recipe, RecipeContext, recipe_for
 from potluck.system import meminfo_bytes
 from potluck.trainer.emulation import Emulator
 
@@ -72,21 +74,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_batch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                device: torch.device, repeats: int, emulator: Emulator | None = None) -> BatchTiming:
-    loss_fn = nn.CrossEntropyLoss()
+def _time_batch(recipe: Recipe, ctx: RecipeContext, model: nn.Module, opt: torch.optim.Optimizer,
+                batch: tuple[torch.Tensor, ...], device: torch.device, repeats: int,
+                emulator: Emulator | None = None) -> BatchTiming:
+    size = len(batch[0])
     fwd, bwd, stp = [], [], []
     for i in range(repeats + 1):  # the first run warms up
         opt.zero_grad(set_to_none=True)
         _sync(device)
         t0 = time.perf_counter()
-        loss = loss_fn(model(x), y)
+        loss = recipe.loss(model, batch, ctx)
         _sync(device)
         t1 = time.perf_counter()
         loss.backward()
         _sync(device)
         if emulator is not None:  # an emulated slow device: its padding counts as backward
-            emulator.pad(len(y), t0)
+            emulator.pad(size, t0)
         t2 = time.perf_counter()
         opt.step()
         _sync(device)
@@ -96,7 +99,7 @@ def _time_batch(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y
             bwd.append(t2 - t1)
             stp.append(t3 - t2)
     f, b, s = (float(np.median(v)) for v in (fwd, bwd, stp))
-    return BatchTiming(len(y), f, b, s, len(y) / (f + b + s))
+    return BatchTiming(size, f, b, s, size / (f + b + s))
 
 
 def _activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
@@ -122,16 +125,21 @@ def profile_device(*, model: str, dataset: str, device: str, batch_sizes: list[i
                    emulator: Emulator | None = None) -> DeviceProfile:
     """Profile ``device`` (optionally as an emulated slower device) for ``model``."""
     dev = torch.device(device)
-    data = load_dataset(dataset)
-    net = build_model(model, data.input_shape, data.num_classes, seed=0).to(dev)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    n = len(data.train_y)
+    spec = JobSpec.parse({"model": model, "dataset": dataset})
+    recipe = recipe_for(spec)
+    ctx = RecipeContext(spec=spec, device=str(dev))
+    data = recipe.data(ctx)
+    net = recipe.model(ctx).to(dev)
+    opt = recipe.optimizer(net.parameters(), ctx)
+    n = len(data.train)
+
+    def batch_of(b: int) -> tuple[torch.Tensor, ...]:
+        return tuple(t.to(dev) for t in data.train.take(torch.arange(b) % n))
+
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     prof = DeviceProfile(device=str(dev), device_name=name, model=model)
     for b in batch_sizes:
-        idx = torch.arange(b) % n
-        x, y = data.train_x[idx].to(dev), data.train_y[idx].to(dev)
-        prof.timings.append(_time_batch(net, opt, x, y, dev, repeats, emulator))
+        prof.timings.append(_time_batch(recipe, ctx, net, opt, batch_of(b), dev, repeats, emulator))
     bs = np.array([t.batch for t in prof.timings], dtype=float)
     ts = np.array([t.forward_s + t.backward_s + t.optimizer_s for t in prof.timings])
     slope, intercept = np.polyfit(bs, ts, 1)
@@ -142,17 +150,15 @@ def profile_device(*, model: str, dataset: str, device: str, batch_sizes: list[i
     if dev.type == "cuda":
         peaks = []
         for b in batch_sizes[-2:]:
-            idx = torch.arange(b) % n
             torch.cuda.reset_peak_memory_stats(dev)
-            nn.functional.cross_entropy(net(data.train_x[idx].to(dev)), data.train_y[idx].to(dev)).backward()
+            recipe.loss(net, batch_of(b), ctx).backward()
             peaks.append(torch.cuda.max_memory_allocated(dev))
         prof.bytes_per_sample = max(1, int((peaks[1] - peaks[0]) / max(batch_sizes[-1] - batch_sizes[-2], 1)))
         budget = memory_budget_mb * 2**20 if memory_budget_mb else 0.9 * torch.cuda.get_device_properties(dev).total_memory
     else:
         small = batch_sizes[0]
-        idx = torch.arange(small) % n
         # Activations are kept once for backward and their gradients take as much again.
-        prof.bytes_per_sample = max(1, 2 * _activation_bytes(net, data.train_x[idx]) // small)
+        prof.bytes_per_sample = max(1, 2 * _activation_bytes(net, batch_of(small)[0]) // small)
         budget = memory_budget_mb * 2**20 if memory_budget_mb else 0.5 * _available_ram_bytes()
     prof.memory_budget_mb = round(budget / 2**20, 1)
     prof.max_batch = max(0, int((budget - prof.fixed_bytes) // prof.bytes_per_sample))
@@ -170,32 +176,15 @@ def _devices(device: str) -> list[str]:
 
 
 def profile_devices(*, model: str, dataset: str, batch_sizes: list[int], device: str = "auto",
-                    memory_budget_mb: float | None = None, console: Console | None = None) -> list[DeviceProfile]:
+                    memory_budget_mb: float | None = None,
+                    on_device: Callable[[str], None] | None = None) -> list[DeviceProfile]:
+    """Profile every device ``device`` names; ``on_device(name)`` is called before each one."""
     if memory_budget_mb is not None and not memory_budget_mb > 0:
         raise ConfigError(f"--memory-budget-mb must be > 0, got {memory_budget_mb}")
-    devices = _devices(device)
     out = []
-    for dev in devices:
-        if console is not None:
-            with console.status(f"profiling {model} on {dev} at batch sizes {batch_sizes}..."):
-                out.append(profile_device(model=model, dataset=dataset, device=dev,
-                                          batch_sizes=batch_sizes, memory_budget_mb=memory_budget_mb))
-        else:
-            out.append(profile_device(model=model, dataset=dataset, device=dev,
-                                      batch_sizes=batch_sizes, memory_budget_mb=memory_budget_mb))
+    for dev in _devices(device):
+        if on_device is not None:
+            on_device(dev)
+        out.append(profile_device(model=model, dataset=dataset, device=dev,
+                                  batch_sizes=batch_sizes, memory_budget_mb=memory_budget_mb))
     return out
-
-
-def render_profiles(profiles: list[DeviceProfile]) -> Table:
-    table = Table(title="potluck profile")
-    for col in ("device", "batch", "samples/s", "forward ms", "backward ms", "optimizer ms"):
-        table.add_column(col, justify="left" if col == "device" else "right")
-    for p in profiles:
-        for i, t in enumerate(p.timings):
-            table.add_row(f"{p.device} ({p.device_name})" if i == 0 else "", str(t.batch),
-                          f"{t.samples_per_s:,.0f}", f"{t.forward_s * 1e3:.2f}",
-                          f"{t.backward_s * 1e3:.2f}", f"{t.optimizer_s * 1e3:.2f}")
-        table.add_row("", "fit", f"{1 / p.sample_s:,.0f} max", f"overhead {p.overhead_s * 1e3:.2f} ms",
-                      f"largest batch {p.max_batch:,}", f"budget {p.memory_budget_mb:,.0f} MiB",
-                      end_section=True)
-    return table

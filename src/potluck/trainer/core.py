@@ -1,9 +1,9 @@
 """What one replica computes, independent of how replicas talk to each other.
 
-The weighting: a replica holding ``b_r`` of the global batch ``B`` back-propagates
-``sum(loss over its samples) / B`` — its local mean gradient scaled by ``b_r / B``. Summing
-these across replicas gives exactly the mean gradient over all ``B`` samples, the update one
-big machine would compute. Micro-batches (memory caps) accumulate into the same sum.
+The weighting: a replica holding ``b_r`` of the global batch ``B`` back-propagates its
+recipe's mean loss times ``b_r / B`` (for micro-batches, each one's mean times its size over
+``B``). Summing these across replicas gives exactly the mean gradient over all ``B`` samples,
+the update one big machine would compute.
 """
 
 from __future__ import annotations
@@ -11,78 +11,84 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from potluck.balancer.policy import micro_batches
-from potluck.data import Dataset, load_dataset
-from potluck.models import build_model
+from potluck.contracts.jobspec import JobSpec
+from potluck.recipes import Recipe, RecipeContext, TrainData, recipe_for
 from potluck.trainer.emulation import Emulator
 from potluck.trainer.sampler import step_indices, steps_per_epoch
-from potluck.trainer.spec import JobConfig
 
 
 @dataclass
 class Training:
     """The per-process training objects for a job."""
 
-    job: JobConfig
-    data: Dataset
+    spec: JobSpec
+    recipe: Recipe
+    ctx: RecipeContext
+    data: TrainData
     model: nn.Module
     optimizer: torch.optim.Optimizer
     steps_per_epoch: int
     total_steps: int
 
+    @property
+    def train_size(self) -> int:
+        return len(self.data.train)
 
-def build_training(job: JobConfig, device: str = "cpu") -> Training:
-    """Data, model and optimizer for ``job``: identical on every replica for the same seed."""
-    data = load_dataset(job.dataset, seed=job.seed, test_fraction=job.test_fraction)
-    spe = steps_per_epoch(len(data.train_y), job.global_batch)
-    total = job.steps if job.steps is not None else max(1, int(round((job.epochs or 1.0) * spe)))
-    model = build_model(job.model, data.input_shape, data.num_classes, job.seed).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=job.lr, momentum=0.9)
-    return Training(job, data, model, optimizer, spe, total)
+    def batch(self, indices: np.ndarray) -> Any:
+        """The training samples at ``indices``, on this replica's device."""
+        return to_device(self.data.train.take(torch.from_numpy(indices)), self.ctx.device)
 
 
-_loss = nn.CrossEntropyLoss(reduction="sum")
+def build_training(spec: JobSpec, device: str = "cpu", *, replica: str = "local",
+                   slot: int = 0) -> Training:
+    """Data, model and optimizer for ``spec``: identical on every replica for the same seed."""
+    recipe = recipe_for(spec)
+    ctx = RecipeContext(spec=spec, device=device, replica=replica, slot=slot)
+    data = recipe.data(ctx)
+    spe = steps_per_epoch(len(data.train), spec.global_batch)
+    total = spec.steps if spec.steps is not None else max(1, int(round((spec.epochs or 1.0) * spe)))
+    model = recipe.model(ctx).to(device)
+    optimizer = recipe.optimizer(model.parameters(), ctx)
+    return Training(spec, recipe, ctx, data, model, optimizer, spe, total)
 
 
-def local_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, global_batch: int,
-                    cap: int | None = None) -> float:
+def to_device(batch: Any, device: str) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _slice(batch: Any, start: int, stop: int) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch[start:stop]
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_slice(b, start, stop) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _slice(v, start, stop) for k, v in batch.items()}
+    raise TypeError(f"cannot split a batch of type {type(batch).__name__} into micro-batches")
+
+
+def local_gradients(tr: Training, batch: Any, size: int, cap: int | None = None) -> float:
     """Accumulate this share's weighted gradient into ``.grad``; returns its summed loss."""
     total = 0.0
     start = 0
-    for size in micro_batches(len(y), cap):
-        xb, yb = x[start : start + size], y[start : start + size]
-        loss = _loss(model(xb), yb) / global_batch
-        loss.backward()
-        total += float(loss.detach()) * global_batch
-        start += size
+    for n in micro_batches(size, cap):
+        mean = tr.recipe.loss(tr.model, _slice(batch, start, start + n), tr.ctx)
+        (mean * (n / tr.spec.global_batch)).backward()
+        total += float(mean.detach()) * n
+        start += n
     return total
-
-
-def flat_grads(model: nn.Module, extra: int = 0) -> torch.Tensor:
-    """One contiguous buffer of all gradients (zeros where none) plus ``extra`` zero slots."""
-    params = list(model.parameters())
-    numel = sum(p.numel() for p in params)
-    out = torch.zeros(numel + extra, dtype=torch.float32)
-    offset = 0
-    for p in params:
-        n = p.numel()
-        if p.grad is not None:
-            out[offset : offset + n].copy_(p.grad.detach().reshape(-1))
-        offset += n
-    return out
-
-
-def set_grads(model: nn.Module, flat: torch.Tensor) -> None:
-    offset = 0
-    for p in model.parameters():
-        n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p).clone()
-        offset += n
 
 
 def params_digest(model: nn.Module) -> str:
@@ -97,39 +103,27 @@ def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """(mean loss, accuracy) of ``model`` on ``x, y``."""
-    model.eval()
-    logits = model(x)
-    loss = float(nn.functional.cross_entropy(logits, y))
-    acc = float((logits.argmax(dim=1) == y).float().mean())
-    model.train()
-    return loss, acc
-
-
-def global_batch_indices(job: JobConfig, train_size: int, step: int) -> np.ndarray:
+def global_batch_indices(spec: JobSpec, train_size: int, step: int) -> np.ndarray:
     """All indices of global step ``step``: one replica holding the whole batch."""
-    return step_indices(step=step, seed=job.seed, train_size=train_size,
-                        global_batch=job.global_batch, allocation={0: job.global_batch}, slot=0)
+    return step_indices(step=step, seed=spec.seed, train_size=train_size,
+                        global_batch=spec.global_batch, allocation={0: spec.global_batch}, slot=0)
 
 
-def train_reference(job: JobConfig, steps: int, *, emulator: Emulator | None = None) -> tuple[Training, float]:
+def train_reference(spec: JobSpec, steps: int, *, emulator: Emulator | None = None) -> tuple[Training, float]:
     """One process training on the full global batches: what one big machine computes.
 
     Returns the training objects after ``steps`` steps and the samples/s it achieved (with
     ``emulator`` padding each step).
     """
-    tr = build_training(job)
-    n = len(tr.data.train_y)
+    tr = build_training(spec)
     t0 = time.perf_counter()
     for step in range(steps):
-        idx = torch.from_numpy(global_batch_indices(job, n, step))
+        idx = global_batch_indices(spec, tr.train_size, step)
         started = time.perf_counter()
         tr.optimizer.zero_grad(set_to_none=True)
-        local_gradients(tr.model, tr.data.train_x[idx], tr.data.train_y[idx], job.global_batch)
+        local_gradients(tr, tr.batch(idx), len(idx))
         if emulator is not None:
             emulator.pad(len(idx), started)
         tr.optimizer.step()
     elapsed = time.perf_counter() - t0
-    return tr, steps * job.global_batch / elapsed
+    return tr, steps * spec.global_batch / elapsed

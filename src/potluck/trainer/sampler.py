@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from potluck.errors import ConfigError
+from potluck.contracts.errors import ConfigError
 
 
 def steps_per_epoch(train_size: int, global_batch: int) -> int:

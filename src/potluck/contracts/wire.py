@@ -1,7 +1,16 @@
-"""Every message between the coordinator, the agents and the CLI: strict pydantic schemas.
+"""Every message of the HTTP API between the coordinator, the agents and the CLI.
 
-Requests forbid unknown fields (a typo is a 422 naming the field, not silently ignored);
-nothing from the network is ever unpickled. Bump ``API_VERSION`` on incompatible changes.
+Strict pydantic schemas: requests forbid unknown fields (a typo is a 422 naming the field,
+not silently ignored), floats must be finite, integers and strings are bounded, and nothing
+from the network is ever unpickled. There are no ``dict[str, Any]`` holes: a job travels as
+a :class:`~potluck.contracts.jobspec.JobSpec`, metrics as typed events. Bump ``API_VERSION``
+on incompatible changes.
+
+Two groups: the cluster (nodes, heartbeats, jobs, events) and the doctor's probe rounds (a
+round has two phases; ``listen``: every alive agent opens a probe listener on its data-plane
+address and reports the port and its node checks; ``probe``: one agent at a time, so that
+bandwidth numbers are not shared between concurrent probes, probes every other agent's
+listener and reports what it measured).
 """
 
 from __future__ import annotations
@@ -9,6 +18,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from potluck.contracts import events
+from potluck.contracts.jobspec import JobSpec
 
 API_VERSION = 1
 
@@ -19,7 +31,9 @@ FINISHED_JOB_STATES = ("succeeded", "failed", "cancelled")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Base of every message: unknown fields, NaN and infinity are errors."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Versions(Strict):
@@ -87,8 +101,8 @@ class Assignment(Strict):
     slot: int
     name: str
     lighthouse: str
-    job: dict[str, Any]
-    """``JobConfig`` fields (validated by the coordinator at submission)."""
+    job: JobSpec
+    """The job (validated by the coordinator at submission)."""
     go: bool = True
     """False while the job waits for all first replicas to be ready (the start barrier), so
     the first quorum holds every node; a replica started with ``go`` False waits for it."""
@@ -100,15 +114,15 @@ class HeartbeatResponse(Strict):
 
 
 class MetricsRequest(Strict):
-    """Records from a replica's metrics file, in file order."""
+    """Events from a replica's event file, in file order."""
 
-    records: list[dict[str, Any]] = Field(max_length=2000)
+    records: list[events.Event] = Field(max_length=2000)
 
 
 class JobSubmit(Strict):
-    """A training job: ``JobConfig`` fields plus a display name."""
+    """A training job and a display name."""
 
-    config: dict[str, Any]
+    config: JobSpec
     name: str | None = Field(default=None, max_length=100)
 
 
@@ -161,7 +175,7 @@ class JobInfo(Strict):
     id: int
     name: str
     state: JobState
-    config: dict[str, Any]
+    config: JobSpec
     created_at: float
     started_at: float | None
     finished_at: float | None
@@ -171,7 +185,9 @@ class JobInfo(Strict):
     message: str | None
 
 
-class Event(Strict):
+class LogEntry(Strict):
+    """One line of the cluster's event log (``potluck logs``)."""
+
     id: int
     t: float
     kind: str
@@ -190,5 +206,87 @@ class ClusterInfo(Strict):
     node_timeout_s: float
 
 
-class ErrorBody(Strict):
-    detail: str
+# doctor rounds ------------------------------------------------------------------------------
+
+Mode = Literal["full", "preflight"]
+RunState = Literal["listening", "probing", "done"]
+
+
+
+class RunRequest(Strict):
+    mode: Mode = "full"
+
+
+class Target(Strict):
+    name: str = Field(max_length=64)
+    address: str = Field(max_length=64)
+    port: int = Field(ge=1, le=65535)
+
+
+class Task(Strict):
+    """What an agent is asked to do for a round."""
+
+    kind: Literal["listen", "probe"]
+    run_id: int
+    mode: Mode
+    ttl_s: float = Field(default=60.0, gt=0, le=600, description="listener lifetime")
+    targets: list[Target] = Field(default_factory=list, max_length=256)
+    settings: dict[str, Any] = Field(default_factory=dict, description="ProbeSettings fields")
+
+
+class TaskResponse(Strict):
+    task: Task | None = None
+
+
+class Listening(Strict):
+    node_id: int
+    port: int = Field(ge=0, le=65535, description="0: the listener could not be opened")
+    error: str | None = Field(default=None, max_length=500)
+    checks: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
+
+
+class ProbeOut(Strict):
+    target: str = Field(max_length=64)
+    probe: dict[str, Any]
+
+
+class Probed(Strict):
+    node_id: int
+    probes: list[ProbeOut] = Field(max_length=256)
+
+
+class RunNode(Strict):
+    name: str
+    address: str
+    port: int | None = None
+    error: str | None = None
+    checks: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class RunInfo(Strict):
+    id: int
+    mode: Mode
+    state: RunState
+    nodes: list[RunNode]
+    links: list[dict[str, Any]]
+    """``Link.to_dict()`` of every probed direction."""
+    missing: list[str]
+    """Nodes that did not answer in time (agent busy, disconnected, or too old)."""
+
+
+class LinkFact(Strict):
+    """The latest measurement of one direction of one pair, as stored on the host."""
+
+    source: str
+    target: str
+    status: str
+    rtt_ms: float | None
+    mbit_s: float | None
+    largest_message: int | None
+    error: str | None
+    summary: str
+    measured_at: float
+
+
+class HostTime(Strict):
+    time: float

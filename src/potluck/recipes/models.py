@@ -1,4 +1,4 @@
-"""Built-in models in plain torch.
+"""Built-in models in plain torch (their recipes are in ``recipes/builtin.py``).
 
 No BatchNorm or dropout on purpose: a model whose output for a sample depends only on that
 sample keeps the uneven split exact (the weighted update equals one big machine's).
@@ -6,14 +6,10 @@ sample keeps the uneven split exact (the weighted update equals one big machine'
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
-
-from potluck.errors import ModelError
-
-MODELS = ("mlp", "simple_cnn")
 
 
 class MLP(nn.Module):
@@ -52,17 +48,12 @@ class SimpleCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
-    """Build ``name`` with weights drawn from ``seed`` (every replica builds the same model)."""
+def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    """``build()`` with weights drawn from ``seed``, leaving the global RNG as it was
+    (every replica builds the same model)."""
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        if name == "mlp":
-            model: nn.Module = MLP(math.prod(input_shape), num_classes)
-        elif name == "simple_cnn":
-            model = SimpleCNN(input_shape[0], input_shape[-1], num_classes)
-        else:
-            raise ModelError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
+        return build()
     finally:
         torch.random.set_rng_state(generator_state)
-    return model

@@ -1,4 +1,5 @@
-"""A Lighthouse and N replica processes on loopback: the demo's cluster, and the tests'.
+"""A Lighthouse and N replica processes on one machine: the demo's, the benchmarks' and the
+tests' cluster.
 
 Replicas are real separate processes (``python -m potluck.trainer.replica``) talking gloo
 and torchft over loopback; this class only starts, kills, restarts and reaps them.
@@ -6,21 +7,24 @@ and torchft over loopback; this class only starts, kills, restarts and reaps the
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from potluck.errors import TrainingError
+from potluck.contracts.addressing import http_url
+from potluck.contracts.errors import TrainingError
+from potluck.contracts.jobspec import JobSpec, ReplicaSpec, TestHooks
+from potluck.launcher.process import spawn_replica
 from potluck.trainer.ft import lighthouse_port, start_lighthouse
-from potluck.trainer.metrics import read_jsonl
-from potluck.trainer.spec import JobConfig, ReplicaSpec
+from potluck.trainer.sinks import read_jsonl
 
 
 class LocalCluster:
-    def __init__(self, job: JobConfig, speeds: list[float], run_dir: str | Path, *,
+    """Start with ``with LocalCluster(job, speeds, run_dir) as cluster: cluster.wait()``."""
+
+    def __init__(self, job: JobSpec, speeds: list[float], run_dir: str | Path, *,
                  host: str = "127.0.0.1", record_indices: bool = False,
                  fail_at: dict[int, int] | None = None, save_model: str | None = None,
                  memory_caps: dict[int, int] | None = None,
@@ -35,7 +39,7 @@ class LocalCluster:
         self.memory_caps = dict(memory_caps or {})
         self.speed_changes = dict(speed_changes or {})
         self.procs: dict[int, subprocess.Popen] = {}
-        self.lighthouse = None
+        self.lighthouse: Any = None
 
     def name(self, slot: int) -> str:
         return f"node{slot}"
@@ -44,18 +48,18 @@ class LocalCluster:
         return ReplicaSpec(
             job=self.job, slot=slot, name=self.name(slot), lighthouse=self.lighthouse_addr,
             run_dir=str(self.run_dir), advertise_host=self.host, speed=self.speeds[slot],
-            record_indices=self.record_indices,
-            fail_at_step=self.fail_at.get(slot) if fail else None,
             save_model=self.save_model if slot == 0 else None,
             memory_cap=self.memory_caps.get(slot),
-            speed_changes=self.speed_changes.get(slot, []),
             start_barrier=len(self.speeds),
-        ).validate()
+            hooks=TestHooks(record_indices=self.record_indices,
+                            fail_at_step=self.fail_at.get(slot) if fail else None,
+                            speed_changes=[(int(a), float(b)) for a, b in self.speed_changes.get(slot, [])]),
+        )
 
     @property
     def lighthouse_addr(self) -> str:
         assert self.lighthouse is not None, "start() first"
-        return f"http://{self.host}:{lighthouse_port(self.lighthouse)}"
+        return http_url(self.host, lighthouse_port(self.lighthouse))
 
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -68,13 +72,10 @@ class LocalCluster:
     def _spawn(self, spec: ReplicaSpec) -> None:
         path = self.run_dir / "specs" / f"{spec.name}.json"
         path.write_text(spec.to_json())
-        log = open(self.run_dir / "replicas" / f"{spec.name}.log", "ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.procs[spec.slot] = subprocess.Popen(
-            [sys.executable, "-m", "potluck.trainer.replica", str(path)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        self.procs[spec.slot] = spawn_replica(
+            path, self.run_dir / "replicas" / f"{spec.name}.log",
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        log.close()
 
     def kill(self, slot: int) -> None:
         proc = self.procs[slot]
@@ -83,7 +84,7 @@ class LocalCluster:
 
     def restart(self, slot: int) -> None:
         """Start ``slot`` again (without its failure injection); it heals from a peer."""
-        spec = dataclasses.replace(self.spec(slot, fail=False), start_barrier=0)
+        spec = self.spec(slot, fail=False).model_copy(update={"start_barrier": 0})
         self._spawn(spec)
 
     def records(self, slot: int) -> list[dict]:

@@ -1,0 +1,151 @@
+"""The one HTTP client of the coordinator API, used by agents, the doctor and the CLI.
+
+Transport and HTTP failures are translated into potluck errors once, here:
+
+- connection refused / timeout / DNS -> :class:`HostUnreachableError`
+- an error status -> the class whose ``http_status`` it is (401 :class:`AuthError`, 404
+  :class:`NotFoundError`, 409 :class:`ConflictError` or :class:`VersionMismatchError` with
+  its ``diffs``, 422 :class:`ConfigError`), anything else :class:`ApiResponseError`.
+
+The token travels only in the ``Authorization`` header and never appears in a message.
+Echoed error details are cut to one short line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from potluck.contracts import wire as s
+from potluck.contracts.errors import ApiResponseError, HostUnreachableError, error_for_status
+from potluck.contracts.events import Event
+from potluck.contracts.jobspec import JobSpec
+
+MAX_DETAIL = 300
+
+
+class CoordinatorClient:
+    """Typed calls to one coordinator. Thread-safe (one httpx client with a pool)."""
+
+    def __init__(self, url: str, token: str, *, timeout_s: float = 5.0) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            timeout=timeout_s,
+            trust_env=False,  # never route cluster traffic through an HTTP proxy
+        )
+
+    @property
+    def host(self) -> str:
+        """The host part of the coordinator URL (no brackets)."""
+        return httpx.URL(self.url).host
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, body: BaseModel | None = None, *,
+              params: dict[str, Any] | None = None, timeout_s: float | None = None) -> Any:
+        kwargs: dict[str, Any] = {}
+        if body is not None:
+            kwargs["content"] = body.model_dump_json()
+            kwargs["headers"] = {"Content-Type": "application/json"}
+        if timeout_s is not None:
+            kwargs["timeout"] = timeout_s
+        try:
+            resp = self._http.request(method, path, params=params, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise HostUnreachableError(
+                f"host {self.url} did not answer in time ({type(exc).__name__}): is it overloaded, "
+                "or is a firewall dropping packets to its port?"
+            ) from exc
+        except httpx.TransportError as exc:
+            reason = str(exc) or type(exc).__name__
+            if "refused" in reason.lower():
+                reason = "connection refused"
+            raise HostUnreachableError(
+                f"cannot reach host {self.url} ({reason}): is `potluck host` running there, and "
+                "does its firewall allow this port?"
+            ) from exc
+        if resp.status_code < 400:
+            try:
+                return resp.json()
+            except ValueError as exc:
+                raise ApiResponseError(resp.status_code, f"host {self.url} answered with "
+                                       "something that is not JSON: is this a potluck host?") from exc
+        try:
+            payload = resp.json()
+            detail = str(payload.get("detail", resp.text))
+        except (ValueError, AttributeError):
+            payload, detail = {}, resp.text
+        detail = " ".join(detail.split())[:MAX_DETAIL]
+        raise error_for_status(resp.status_code, detail, payload if isinstance(payload, dict) else {})
+
+    # cluster ------------------------------------------------------------------------------
+
+    def info(self) -> s.ClusterInfo:
+        return s.ClusterInfo(**self._call("GET", "/api/v1/info"))
+
+    def register(self, req: s.RegisterRequest) -> s.RegisterResponse:
+        return s.RegisterResponse(**self._call("POST", "/api/v1/nodes", req))
+
+    def heartbeat(self, node_id: int, req: s.HeartbeatRequest) -> s.HeartbeatResponse:
+        return s.HeartbeatResponse(**self._call("POST", f"/api/v1/nodes/{node_id}/heartbeat", req))
+
+    def leave(self, node_id: int) -> None:
+        self._call("POST", f"/api/v1/nodes/{node_id}/leave")
+
+    def metrics(self, node_id: int, job_id: int, records: list[Any]) -> None:
+        """Send events (typed, or their JSON dicts: validated here before they leave)."""
+        events = TypeAdapter(list[Event]).validate_python(records)
+        self._call("POST", f"/api/v1/nodes/{node_id}/jobs/{job_id}/metrics",
+                   s.MetricsRequest(records=events))
+
+    def nodes(self) -> list[s.NodeInfo]:
+        return [s.NodeInfo(**n) for n in self._call("GET", "/api/v1/nodes")]
+
+    # jobs ---------------------------------------------------------------------------------
+
+    def submit(self, config: JobSpec, name: str | None = None) -> s.JobInfo:
+        return s.JobInfo(**self._call("POST", "/api/v1/jobs", s.JobSubmit(config=config, name=name)))
+
+    def jobs(self) -> list[s.JobInfo]:
+        return [s.JobInfo(**j) for j in self._call("GET", "/api/v1/jobs")]
+
+    def job(self, job_id: int) -> s.JobInfo:
+        return s.JobInfo(**self._call("GET", f"/api/v1/jobs/{job_id}"))
+
+    def cancel(self, job_id: int) -> s.JobInfo:
+        return s.JobInfo(**self._call("POST", f"/api/v1/jobs/{job_id}/cancel"))
+
+    def events(self, job_id: int, after: int = 0) -> list[s.LogEntry]:
+        data = self._call("GET", f"/api/v1/jobs/{job_id}/events", params={"after": after})
+        return [s.LogEntry(**e) for e in data]
+
+    # doctor -------------------------------------------------------------------------------
+
+    def doctor_time(self) -> float:
+        return s.HostTime(**self._call("GET", "/api/v1/doctor/time")).time
+
+    def doctor_start(self, mode: str) -> s.RunInfo:
+        return s.RunInfo(**self._call("POST", "/api/v1/doctor/runs", s.RunRequest(mode=mode)))  # type: ignore[arg-type]
+
+    def doctor_run(self, run_id: int) -> s.RunInfo:
+        return s.RunInfo(**self._call("GET", f"/api/v1/doctor/runs/{run_id}"))
+
+    def doctor_links(self) -> list[s.LinkFact]:
+        return [s.LinkFact(**f) for f in self._call("GET", "/api/v1/doctor/links")]
+
+    def doctor_task(self, node_id: int, wait_s: float) -> s.Task | None:
+        """Long-poll for this node's next doctor task (None when there is none yet)."""
+        data = self._call("GET", f"/api/v1/doctor/tasks/{node_id}", params={"wait": wait_s},
+                          timeout_s=wait_s + 10)
+        return s.TaskResponse(**data).task
+
+    def doctor_listening(self, run_id: int, body: s.Listening) -> None:
+        self._call("POST", f"/api/v1/doctor/runs/{run_id}/listening", body)
+
+    def doctor_probed(self, run_id: int, body: s.Probed) -> None:
+        self._call("POST", f"/api/v1/doctor/runs/{run_id}/probed", body)

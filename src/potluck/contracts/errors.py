@@ -1,0 +1,147 @@
+"""The one exception tree of potluck.
+
+Every error potluck raises on purpose derives from :class:`PotluckError`; the CLI catches
+only that class, prints its message on one line and exits with ``exit_code``. Third-party
+errors are translated once, at the boundary, with ``raise X(...) from exc``. Errors that
+cross the HTTP API carry an ``http_status``: the coordinator answers with it and the client
+(:mod:`potluck.contracts.client`) turns the status back into the same class.
+
+::
+
+    PotluckError                    exit 1 unless stated                       HTTP
+    ├── ConfigError                 bad user input (flags, YAML, speeds, sizes) exit 2   422
+    │   ├── DataError               unknown or unreadable data set
+    │   ├── ModelError              unknown model or recipe
+    │   └── ExperimentDirError      experiments dir not writable
+    ├── TrainingError               a replica or a job failed
+    ├── ClusterError                control-plane problems                             500
+    │   ├── HostUnreachableError    cannot reach the coordinator
+    │   ├── AuthError               missing or wrong token                             401
+    │   ├── NotFoundError           no such node, job or doctor round                   404
+    │   ├── ConflictError           the request clashes with the cluster's state        409
+    │   │   └── VersionMismatchError  node and host run different versions (``diffs``)
+    │   ├── ApiResponseError        any other error status from the coordinator (``status``)
+    │   ├── PortInUseError          a port we must bind is taken
+    │   ├── NetworkConfigError      no usable address / public address refused
+    │   └── PreflightError          a job would fail: names the failing pair and the fix
+    └── DoctorError                 a check could not run at all
+
+A message says what happened, the likely cause and the fix, in one line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PotluckError(Exception):
+    """Base class. ``exit_code`` is what the CLI exits with; ``http_status`` what the API answers."""
+
+    exit_code: int = 1
+    http_status: int = 500
+
+    def payload(self) -> dict[str, Any]:
+        """Extra JSON fields the API sends beside ``detail`` (none by default)."""
+        return {}
+
+
+class ConfigError(PotluckError, ValueError):
+    """User input is invalid. The message names the field and the bad value."""
+
+    exit_code = 2
+    http_status = 422
+
+
+class DataError(ConfigError):
+    """Unknown data set, or its files cannot be read."""
+
+
+class ModelError(ConfigError):
+    """Unknown model or recipe name."""
+
+
+class ExperimentDirError(ConfigError):
+    """The experiments directory cannot be created or written."""
+
+
+class TrainingError(PotluckError):
+    """Training could not go on (all replicas lost, a replica crashed at start, ...)."""
+
+
+class ClusterError(PotluckError):
+    """A control-plane problem: coordinator, agents, tokens, addresses."""
+
+
+class HostUnreachableError(ClusterError):
+    """The coordinator could not be reached."""
+
+
+class AuthError(ClusterError):
+    """The token is missing or wrong."""
+
+    http_status = 401
+
+
+class NotFoundError(ClusterError):
+    """The node, job or doctor round named in a request does not exist."""
+
+    http_status = 404
+
+
+class ConflictError(ClusterError):
+    """The request clashes with the cluster's state (job already finished, no live node, ...)."""
+
+    http_status = 409
+
+
+class VersionMismatchError(ConflictError):
+    """This node's Python/torch/torchft/potluck differ from the host's.
+
+    ``diffs`` lists ``{"component", "node", "host", "fix"}`` per differing component, for a table.
+    """
+
+    def __init__(self, message: str, diffs: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.diffs = list(diffs or [])
+
+    def payload(self) -> dict[str, Any]:
+        return {"diffs": self.diffs}
+
+
+class ApiResponseError(ClusterError):
+    """The coordinator answered with an error status that has no class of its own."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+class PortInUseError(ClusterError):
+    """A port potluck has to bind is already taken."""
+
+
+class NetworkConfigError(ClusterError):
+    """No usable address, or an address that must not be used (public without opt-in)."""
+
+
+class PreflightError(ClusterError):
+    """The pre-flight check before a job found a problem that would make the job fail."""
+
+
+class DoctorError(PotluckError):
+    """A diagnostic check could not run at all."""
+
+
+def error_for_status(status: int, detail: str, payload: dict[str, Any]) -> PotluckError:
+    """The exception the client raises for an HTTP error ``status`` (the inverse of ``http_status``)."""
+    if status == 401:
+        return AuthError(detail)
+    if status == 404:
+        return NotFoundError(detail)
+    if status == 409 and isinstance(payload.get("diffs"), list):
+        return VersionMismatchError(detail, payload["diffs"])
+    if status == 409:
+        return ConflictError(detail)
+    if status == 422:
+        return ConfigError(detail)
+    return ApiResponseError(status, detail)

@@ -1,0 +1,33 @@
+"""Start a replica process: the one way every launcher (the agent, LocalCluster) does it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+REPLICA_MODULE = "potluck.trainer.replica"
+
+
+def _detach_and_die_with_parent() -> None:
+    """In the child before exec: own session (Ctrl-C in the launcher's terminal reaches only
+    the launcher, which stops replicas itself), and SIGKILL if the launcher dies, so a crashed
+    or killed launcher never leaves an orphan replica training in the group."""
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def spawn_replica(spec_path: Path, log_path: Path, *, env: dict[str, str]) -> subprocess.Popen:
+    """``python -m potluck.trainer.replica SPEC`` with stdout and stderr appended to ``log_path``."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", REPLICA_MODULE, str(spec_path)],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=_detach_and_die_with_parent,
+        )

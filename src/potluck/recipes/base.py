@@ -1,0 +1,137 @@
+"""The Recipe plug point and its registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from potluck.contracts.errors import ModelError
+from potluck.contracts.jobspec import JobSpec
+
+Batch = Any
+"""What :meth:`TrainData.take` returns and :meth:`Recipe.loss` receives (``(x, y)`` for built-ins)."""
+
+
+@dataclass(frozen=True)
+class RecipeContext:
+    """What a recipe may depend on: the job, and where this replica runs."""
+
+    spec: JobSpec
+    device: str = "cpu"
+    replica: str = "local"
+    slot: int = 0
+
+    @property
+    def seed(self) -> int:
+        return self.spec.seed
+
+
+class TensorData:
+    """A map-style data set over aligned tensors; ``take`` gathers a batch in one indexing op."""
+
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        if not tensors or any(len(t) != len(tensors[0]) for t in tensors):
+            raise ValueError("TensorData needs tensors of one common length")
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        return tuple(t[i] for t in self.tensors)
+
+    def take(self, indices: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(t[indices] for t in self.tensors)
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """A recipe's data: the training set (positions of every epoch's permutation) and an eval set."""
+
+    train: TensorData
+    test: TensorData | None = None
+    input_shape: tuple[int, ...] = ()
+    num_classes: int = 0
+
+
+class Recipe:
+    """What to train. Subclass and override; every method gets the same :class:`RecipeContext`.
+
+    Contract: ``model`` and ``data`` must be deterministic functions of ``ctx.seed`` (every
+    replica builds them independently and must get the same weights and samples).
+    """
+
+    name = "recipe"
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
+
+    def model(self, ctx: RecipeContext) -> nn.Module:
+        """The model, built on CPU from ``ctx.seed``; the replica moves it to the device."""
+        raise NotImplementedError
+
+    def data(self, ctx: RecipeContext) -> TrainData:
+        """The training set and (optionally) the eval set."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: Batch, ctx: RecipeContext) -> torch.Tensor:
+        """Mean loss over ``batch`` (a scalar tensor). The replica weights it by ``b_r / B``."""
+        raise NotImplementedError
+
+    def optimizer(self, params: Iterable[nn.Parameter], ctx: RecipeContext) -> torch.optim.Optimizer:
+        """The optimizer (default: SGD with the job's ``optimizer`` section)."""
+        opt = ctx.spec.optimizer
+        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: TrainData, ctx: RecipeContext) -> dict[str, float]:
+        """Numbers about the trained model (default: none)."""
+        return {}
+
+
+_RECIPES: dict[str, Callable[[JobSpec], Recipe]] = {}
+
+
+def register_recipe(name: str) -> Callable[[type[Recipe]], type[Recipe]]:
+    """Class decorator: make ``--model name`` build this recipe."""
+
+    def add(cls: type[Recipe]) -> type[Recipe]:
+        _RECIPES[name] = cls
+        return cls
+
+    return add
+
+
+def registered_recipes() -> tuple[str, ...]:
+    return tuple(_RECIPES)
+
+
+def recipe_for(spec: JobSpec) -> Recipe:
+    """The recipe for ``spec.model.name``. Raises ModelError naming the known ones."""
+    factory = _RECIPES.get(spec.model.name)
+    if factory is None:
+        raise ModelError(f"unknown model {spec.model.name!r}: choose one of "
+                         f"{', '.join(registered_recipes())}")
+    return factory(spec)
+
+
+def check_spec(spec: JobSpec) -> JobSpec:
+    """Check the names in ``spec`` against the kernel's registries (model, data set, sync).
+
+    Cheap (builds nothing); the coordinator calls it on submission, launchers before start.
+    """
+    from potluck.contracts.errors import ConfigError, DataError
+    from potluck.data import DATASETS
+    from potluck.trainer.sync import sync_strategies
+
+    recipe_for(spec)
+    if spec.data.name not in DATASETS:
+        raise DataError(f"unknown data set {spec.data.name!r}: choose one of {', '.join(DATASETS)}")
+    if spec.sync.strategy not in sync_strategies():
+        raise ConfigError(f"unknown sync strategy {spec.sync.strategy!r}: choose one of "
+                          f"{', '.join(sync_strategies())}")
+    return spec

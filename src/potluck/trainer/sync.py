@@ -1,0 +1,179 @@
+"""SyncStrategy: how replicas combine each step's work. The first strategy is the exact one.
+
+The replica loop computes this replica's weighted gradients, then hands a :class:`LocalWork`
+to its strategy's :meth:`SyncStrategy.sync`, which must (1) combine the work with the peers',
+(2) let torchft vote on the step, (3) apply the update if the step committed, and (4) return
+every member's measurements so each replica's balancer sees identical inputs. A new way to
+synchronise (local updates, compressed transfers) is a subclass plus one
+:func:`register_sync` call; the replica loop does not change.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed import ReduceOp
+
+from potluck.contracts.jobspec import JobSpec
+
+
+@dataclass(frozen=True)
+class LocalWork:
+    """What this replica did this step (its gradients are in the model's ``.grad``)."""
+
+    slot: int
+    samples: int
+    compute_s: float
+    loss_sum: float
+    """Sum of the per-sample losses over this replica's samples."""
+    profile: tuple[float, float] = (0.0, 0.0)
+    """``(overhead_s, sample_s)`` from a profile, shared with peers (zeros: none)."""
+
+
+@dataclass(frozen=True)
+class PeerStats:
+    samples: int
+    compute_s: float
+    profile: tuple[float, float]
+
+
+@dataclass
+class SyncResult:
+    """The outcome of one step's sync; identical on every replica of a committed step."""
+
+    committed: bool
+    peers: dict[int, PeerStats] = field(default_factory=dict)
+    """Every member's measurements by slot (committed steps only)."""
+    loss: float | None = None
+    """Mean training loss over the whole global batch (committed steps only)."""
+    sync_s: float = 0.0
+    """Seconds in the collective, waiting for slower peers included."""
+    commit_s: float = 0.0
+    error: str | None = None
+
+
+class SyncStrategy(ABC):
+    """One replica's side of the step synchronisation, driven by a torchft ``Manager``."""
+
+    name = "sync"
+
+    def __init__(self, spec: JobSpec, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 manager: Any, device: str = "cpu") -> None:
+        self.spec = spec
+        self.model = model
+        self.optimizer = optimizer
+        self.manager = manager
+        self.device = device
+
+    @abstractmethod
+    def sync(self, work: LocalWork, members: list[int]) -> SyncResult:
+        """Combine ``work`` with the peers' and apply the update if the step commits.
+
+        Called once per step, after backward, by every member. This is a sync point: it
+        returns when every member has contributed (or the step failed).
+        """
+
+    def state_dict(self) -> dict[str, Any]:
+        """Strategy state a recovering replica must receive (default: none)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state
+
+
+_STRATEGIES: dict[str, Callable[..., SyncStrategy]] = {}
+
+
+def register_sync(name: str) -> Callable[[type[SyncStrategy]], type[SyncStrategy]]:
+    """Class decorator: make ``sync.strategy: name`` use this strategy."""
+
+    def add(cls: type[SyncStrategy]) -> type[SyncStrategy]:
+        _STRATEGIES[name] = cls
+        return cls
+
+    return add
+
+
+def sync_strategies() -> tuple[str, ...]:
+    return tuple(_STRATEGIES)
+
+
+def make_sync(spec: JobSpec, model: nn.Module, optimizer: torch.optim.Optimizer, manager: Any,
+              device: str = "cpu") -> SyncStrategy:
+    from potluck.contracts.errors import ConfigError
+
+    factory = _STRATEGIES.get(spec.sync.strategy)
+    if factory is None:
+        raise ConfigError(f"unknown sync strategy {spec.sync.strategy!r}: choose one of "
+                          f"{', '.join(sync_strategies())}")
+    return factory(spec, model, optimizer, manager, device)
+
+
+# Per-slot statistics appended to the gradient buffer. Only the owner writes its slot, so the
+# SUM is an exact copy of every replica's numbers on every replica.
+PRESENT, SAMPLES, COMPUTE_S, LOSS_SUM, PROFILE_A, PROFILE_C = range(6)
+STAT_WIDTH = 6
+
+
+@register_sync("allreduce")
+class WeightedAllReduce(SyncStrategy):
+    """Exact: one SUM all-reduce of the weighted gradients plus every member's statistics.
+
+    Each replica's gradients are already weighted by ``b_r / B``, so the sum is the mean
+    gradient over the global batch, the update one big machine computes.
+    """
+
+    name = "allreduce"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params = list(self.model.parameters())
+        self.numel = sum(p.numel() for p in self.params)
+        self.slots = self.spec.fault.max_replicas
+
+    def _flat(self) -> torch.Tensor:
+        out = torch.zeros(self.numel + self.slots * STAT_WIDTH, dtype=torch.float32)
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            if p.grad is not None:
+                out[offset : offset + n].copy_(p.grad.detach().reshape(-1))
+            offset += n
+        return out
+
+    def _unflat(self, flat: torch.Tensor) -> None:
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p).to(self.device).clone()
+            offset += n
+
+    def sync(self, work: LocalWork, members: list[int]) -> SyncResult:
+        buf = self._flat()
+        mine = self.numel + work.slot * STAT_WIDTH
+        buf[mine : mine + STAT_WIDTH] = torch.tensor(
+            [1.0, work.samples, work.compute_s, work.loss_sum, work.profile[0], work.profile[1]])
+        t0 = time.perf_counter()
+        self.manager.allreduce(buf, reduce_op=ReduceOp.SUM).wait()
+        t1 = time.perf_counter()
+        committed = self.manager.should_commit()
+        result = SyncResult(committed=committed, sync_s=t1 - t0, commit_s=time.perf_counter() - t1)
+        if not committed:
+            result.error = str(self.manager.errored())
+            return result
+        self._unflat(buf[: self.numel])
+        self.optimizer.step()
+        stats = buf[self.numel :].view(self.slots, STAT_WIDTH)
+        result.peers = {
+            s: PeerStats(int(round(float(stats[s, SAMPLES]))), float(stats[s, COMPUTE_S]),
+                         (float(stats[s, PROFILE_A]), float(stats[s, PROFILE_C])))
+            for s in members if stats[s, PRESENT] > 0.5
+        }
+        result.loss = float(stats[:, LOSS_SUM].sum()) / self.spec.global_batch
+        return result
