@@ -30,7 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from potluck.contracts.errors import ConfigError
 
@@ -79,11 +86,14 @@ class BalancerSection(Section):
     """Per-slot profile ``{"<slot>": [overhead_s, sample_s]}`` measured at job start
     (proportional and hybrid start from it)."""
 
-    def model_post_init(self, _: Any) -> None:
-        for slot, (overhead, sample) in self.profiles.items():
+    @field_validator("profiles")
+    @classmethod
+    def _slots_and_times(cls, profiles: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for slot, (overhead, sample) in profiles.items():
             if not (slot.isdigit() and overhead >= 0 and sample > 0):
-                raise ValueError(f"profiles[{slot!r}] must be [overhead_s >= 0, sample_s > 0], "
-                                 f"got {[overhead, sample]}")
+                raise ValueError(f"entry {short(slot)} must be a slot number mapped to "
+                                 "[overhead_s >= 0, sample_s > 0]")
+        return profiles
 
 
 class SyncSection(Section):

@@ -92,6 +92,10 @@ class Recipe:
         """Numbers about the trained model (default: none)."""
         return {}
 
+    def check(self) -> None:
+        """Raise ConfigError if ``self.spec`` names something this recipe cannot build.
+        Cheap: called on submission, before anything is built."""
+
 
 _RECIPES: dict[str, Callable[[JobSpec], Recipe]] = {}
 

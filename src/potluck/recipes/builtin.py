@@ -7,7 +7,8 @@ import math
 import torch
 from torch import nn
 
-from potluck.data import load_dataset
+from potluck.contracts.errors import DataError
+from potluck.data import DATASETS, load_dataset
 from potluck.recipes.base import (
     Batch,
     Recipe,
@@ -23,6 +24,11 @@ class Classifier(Recipe):
     """Cross-entropy classification of ``data.name`` (digits, synthetic_image)."""
 
     _data: TrainData | None = None
+
+    def check(self) -> None:
+        if self.spec.data.name not in DATASETS:
+            raise DataError(f"unknown data set {self.spec.data.name!r}: choose one of "
+                            f"{', '.join(DATASETS)}")
 
     def data(self, ctx: RecipeContext) -> TrainData:
         if self._data is None:  # model() needs the shapes too: load once
