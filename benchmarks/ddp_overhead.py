@@ -43,13 +43,13 @@ def _ddp_worker(rank: int, port: int, queue: mp.Queue) -> None:
     j = job(steps=STEPS, global_batch=GLOBAL_BATCH, policy="equal")
     tr = build_training(j)
     model = DistributedDataParallel(tr.model)
-    opt = torch.optim.SGD(model.parameters(), lr=j.lr, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=j.optimizer.lr, momentum=j.optimizer.momentum)
     emu = Emulator(1.0, SAMPLE_S)
     # Emulate the slow device *before* the real compute so that DDP's all-reduce (one bucket
     # for this model, launched at the end of backward) follows the emulated compute, as it
     # would on a real slow device; padding after backward would hide DDP's communication.
-    real_s = measure_step_s(tr.model.module if hasattr(tr.model, "module") else tr.model,
-                            tr.data.train_x[: GLOBAL_BATCH // NODES], tr.data.train_y[: GLOBAL_BATCH // NODES])
+    train_x, train_y = tr.data.train.tensors
+    real_s = measure_step_s(tr.model, train_x[: GLOBAL_BATCH // NODES], train_y[: GLOBAL_BATCH // NODES])
     shares = split_equal(range(NODES), GLOBAL_BATCH)
     loss_fn = torch.nn.CrossEntropyLoss()
     t0 = time.perf_counter()
@@ -57,11 +57,11 @@ def _ddp_worker(rank: int, port: int, queue: mp.Queue) -> None:
         if step == WARMUP:
             dist.barrier()
             t0 = time.perf_counter()
-        idx = torch.from_numpy(step_indices(step=step, seed=j.seed, train_size=len(tr.data.train_y),
+        idx = torch.from_numpy(step_indices(step=step, seed=j.seed, train_size=tr.train_size,
                                             global_batch=GLOBAL_BATCH, allocation=shares, slot=rank))
         opt.zero_grad(set_to_none=True)
         time.sleep(max(0.0, emu.target_s(len(idx)) - real_s))
-        loss_fn(model(tr.data.train_x[idx]), tr.data.train_y[idx]).backward()  # all-reduce inside
+        loss_fn(model(train_x[idx]), train_y[idx]).backward()  # all-reduce inside
         opt.step()
     dist.barrier()
     if rank == 0:
