@@ -68,7 +68,7 @@ def test_demo_json_compare_and_save_model(tmp_path: Path) -> None:
     for slot in range(3):
         assert json.loads((run / "logs" / f"rank_{slot}_metrics.json").read_text())["slot"] == slot
         first = json.loads((run / "replicas" / f"node{slot}.jsonl").read_text().splitlines()[0])
-        assert first["type"] in ("allocation", "step")
+        assert first["type"] in ("membership", "allocation", "step")
 
 
 def test_profile_json(tmp_path: Path) -> None:

@@ -15,10 +15,10 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from potluck.agent.hardware import detect_hardware
 from potluck.agent.runner import NodeSettings, ReplicaRunner
@@ -78,11 +78,25 @@ def default_node_name() -> str:
     return name.strip("-._")[:64] or "node"
 
 
+class Service(Protocol):
+    """A background service that runs beside the heartbeat loop."""
+
+    def start(self) -> object: ...
+
+    def stop(self) -> None: ...
+
+
 class Agent:
     """Call :meth:`join` (raises on a bad token, versions or host), then :meth:`run`."""
 
-    def __init__(self, config: AgentConfig, *, on_event: Callable[[str], None] | None = None) -> None:
+    def __init__(self, config: AgentConfig, *, on_event: Callable[[str], None] | None = None,
+                 services: Sequence[Callable[[Agent], Service]] = ()) -> None:
+        """``services`` are factories of background services (e.g. the doctor's responder)
+        that start when :meth:`run` starts and stop when it ends; layers above the agent plug
+        in this way, the agent knows none of them."""
         self.config = config
+        self._service_factories = list(services)
+        self.services: list[Service] = []
         self.client = CoordinatorClient(config.url, config.token)
         self.stop_event = threading.Event()
         self.on_event = on_event or (lambda msg: log.warning("%s", msg))
@@ -128,9 +142,9 @@ class Agent:
     def run(self) -> None:
         """Heartbeat until :meth:`stop`; then stop the replica and leave the cluster."""
         backoff, outage_since = 0.0, None
-        from potluck.agent.doctor_handler import DoctorHandler  # potluck doctor (issue 4)
-
-        self.doctor = DoctorHandler(self).start()
+        self.services = [factory(self) for factory in self._service_factories]
+        for service in self.services:
+            service.start()
         try:
             while not self.stop_event.is_set():
                 try:
@@ -230,7 +244,8 @@ class Agent:
             self.runner = ReplicaRunner(assignment, self.config.node, self.config.state_dir / "runs")
 
     def _shutdown(self) -> None:
-        self.doctor.stop()
+        for service in self.services:
+            service.stop()
         if self.runner is not None:
             self.runner.stop()
             self.runner = None

@@ -16,6 +16,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -26,6 +27,8 @@ from rich.progress import (
 )
 
 from potluck.cli import cluster_view as view
+from potluck.cli.options import job_options
+from potluck.contracts.addressing import url_host
 from potluck.contracts.errors import (
     AuthError,
     ConfigError,
@@ -53,7 +56,7 @@ def _connect(host: str | None, token: str | None, state_dir: Path | None) -> Any
     """A client for ``--host/--token`` (or their env vars), else the host in the state dir."""
     from potluck.contracts.client import CoordinatorClient
     from potluck.coordinator.host import DEFAULT_PORT, read_host_file
-    from potluck.net.address import split_host_port, url_host
+    from potluck.net.address import split_host_port
 
     if host:
         addr, port = split_host_port(host, DEFAULT_PORT)
@@ -100,6 +103,7 @@ def host(
     from potluck.contracts.versions import local_versions
     from potluck.coordinator.auth import load_or_create_token
     from potluck.coordinator.host import Host, HostConfig
+    from potluck.doctor.rounds import doctor_router
     from potluck.net import address as net
 
     for flag, value in (("--port", port), ("--lighthouse-port", lighthouse_port)):
@@ -130,10 +134,10 @@ def host(
         lighthouse_port=lighthouse_port, token=the_token, versions=local_versions(),
         local_agent=not no_local_agent, agent_args=agent_args,
     )
-    the_host = Host(config)
+    the_host = Host(config, routers=[doctor_router])
 
     def ready() -> None:
-        join = f"potluck join {net.url_host(choice.address)}:{config.port} --token {the_token}"
+        join = f"potluck join {url_host(choice.address)}:{config.port} --token {the_token}"
         if json_out:
             _print_json({"url": config.url, "advertise": choice.address, "port": config.port,
                          "lighthouse_port": config.lighthouse_port, "state_dir": str(sd), "join": join})
@@ -177,6 +181,7 @@ def join(
     from potluck.agent.node import Agent, AgentConfig, default_node_name
     from potluck.agent.runner import NodeSettings
     from potluck.coordinator.host import DEFAULT_PORT, default_data_dir
+    from potluck.doctor.responder import DoctorResponder
     from potluck.net import address as net
 
     if not token:
@@ -194,7 +199,7 @@ def join(
         raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
     agent = Agent(
         AgentConfig(
-            url=f"http://{net.url_host(net.resolve(addr))}:{port}",
+            url=f"http://{url_host(net.resolve(addr))}:{port}",
             token=token,
             name=name or default_node_name(),
             state_dir=state_dir or default_data_dir() / "agent",
@@ -202,7 +207,8 @@ def join(
                               speed=emulate_speed, device=device, threads=threads),
             interface=choice.interface,
         ),
-        on_event=lambda msg: err.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {msg}"),
+        on_event=lambda msg: err.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {escape(msg)}"),
+        services=[DoctorResponder],
     )
     try:
         reg = agent.join()
@@ -232,7 +238,7 @@ def status(
     client = _connect(host_url, token, state_dir)
     nodes = client.nodes()
     if json_out:
-        from potluck.doctor.remote import attach_links  # measured links (issue 4)
+        from potluck.doctor.remote import attach_links
 
         _print_json(attach_links(client, [n.model_dump() for n in nodes]))
     elif not nodes:
@@ -308,16 +314,10 @@ def _job_config(config_file: Path | None, flags: dict[str, Any]) -> JobSpec:
     return check_spec(JobSpec.parse(raw).with_options(flags))
 
 
+@job_options
 def train(
-    config_file: Path | None = typer.Option(None, "--config", help="YAML file of job fields (model, dataset, global_batch, steps, ...); flags override it."),
-    model: str | None = typer.Option(None, "--model", help="Model: mlp or simple_cnn."),
-    dataset: str | None = typer.Option(None, "--dataset", help="Data set: digits or synthetic_image."),
-    global_batch: int | None = typer.Option(None, "--global-batch", help="Samples per step over all nodes."),
-    steps: int | None = typer.Option(None, "--steps", help="Committed steps to train."),
-    epochs: float | None = typer.Option(None, "--epochs", help="Epochs to train when --steps is not given."),
-    policy: str | None = typer.Option(None, "--policy", help="Allocation policy: equal, proportional, dynamic or hybrid."),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate."),
-    seed: int | None = typer.Option(None, "--seed", help="Random seed."),
+    job_flags: dict[str, Any],
+    config_file: Path | None = typer.Option(None, "--config", help="YAML file of job fields (sections or the flat option names below, see docs/jobs.md); flags override it."),
     name: str | None = typer.Option(None, "--name", help="Job name shown in `potluck jobs`."),
     detach: bool = typer.Option(False, "--detach", help="Submit and return at once."),
     json_out: bool = typer.Option(False, "--json", help="Print a final JSON summary instead of a progress bar."),
@@ -326,12 +326,9 @@ def train(
     state_dir: Path | None = typer.Option(None, "--state-dir", envvar="POTLUCK_STATE_DIR", help=STATE_DIR_HELP.format(what="host")),
 ) -> None:
     """Train a model on every live node of the cluster; shows progress until the job ends."""
-    config = _job_config(config_file, {
-        "model": model, "dataset": dataset, "global_batch": global_batch, "steps": steps,
-        "epochs": epochs, "policy": policy, "lr": lr, "seed": seed,
-    })
+    config = _job_config(config_file, job_flags)
     client = _connect(host_url, token, state_dir)
-    from potluck.doctor.remote import preflight  # no job on a cluster that would fail (issue 4)
+    from potluck.doctor.remote import preflight  # no job on a cluster that would fail
 
     preflight(client)
     job = client.submit(config, name)

@@ -7,7 +7,6 @@ turns errors into one red line and an exit code (httpx ``_main.py`` style).
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 import typer
@@ -56,18 +55,11 @@ def _root(
         False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
     ),
 ) -> None:
-    if debug:
-        os.environ["POTLUCK_DEBUG"] = "1"
+    del debug  # read by main() before parsing: errors raised while parsing need it too
 
 
 for _name in COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(_name)
-    except ModuleNotFoundError as _exc:  # a subsystem not built yet
-        if _exc.name != _name:
-            raise
-        continue
-    _module.register(app)
+    importlib.import_module(_name).register(app)
 
 
 def error_line(message: str) -> None:

@@ -10,17 +10,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from potluck.cli.options import job_options
 from potluck.contracts.jobspec import JobSpec
 
+DEMO_STEPS = 60
+"""What the demo trains when neither --steps nor --epochs is given."""
 
-def _job_from_flags(*, model: str, dataset: str, global_batch: int, steps: int | None,
-                    epochs: float | None, seed: int, policy: str, rebalance_interval: int,
-                    lr: float, deadband: float) -> JobSpec:
-    if steps is None and epochs is None:
-        steps = 60
-    return JobSpec().with_options(dict(
-        model=model, dataset=dataset, global_batch=global_batch, steps=steps, epochs=epochs,
-        seed=seed, policy=policy, rebalance_interval=rebalance_interval, lr=lr, deadband=deadband))
+
+def _job_from_flags(job_flags: dict[str, Any]) -> JobSpec:
+    if job_flags.get("steps") is None and job_flags.get("epochs") is None:
+        job_flags = {**job_flags, "steps": DEMO_STEPS}
+    return JobSpec().with_options(job_flags)
 
 
 def _summary_table(results: list[dict[str, Any]]) -> Table:
@@ -59,19 +59,11 @@ def render_profiles(profiles: list[Any]) -> Table:
     return table
 
 
+@job_options
 def demo(
+    job_flags: dict[str, Any],
     nodes: int = typer.Option(None, "--nodes", help="Number of emulated nodes (default 3, or the length of --speeds)."),
     speeds: str = typer.Option(None, "--speeds", help="Comma list, one emulated speed per node (1.0 = full speed), e.g. 1,0.5,0.25."),
-    policy: str = typer.Option("dynamic", "--policy", help="Allocation policy: equal, proportional, dynamic or hybrid."),
-    steps: int = typer.Option(None, "--steps", help="Committed steps to train (default 60 unless --epochs)."),
-    epochs: float = typer.Option(None, "--epochs", help="Epochs to train instead of --steps."),
-    global_batch: int = typer.Option(512, "--global-batch", help="Samples per step over all nodes."),
-    seed: int = typer.Option(0, "--seed", help="Seed for the model and the data order."),
-    rebalance_interval: int = typer.Option(5, "--rebalance-interval", help="Re-solve the allocation every K steps (dynamic, hybrid)."),
-    deadband: float = typer.Option(0.02, "--deadband", help="Change the allocation only if the step gets this much faster."),
-    lr: float = typer.Option(0.1, "--lr", help="Learning rate (SGD, momentum 0.9)."),
-    model: str = typer.Option("mlp", "--model", help="Model: mlp or simple_cnn."),
-    dataset: str = typer.Option("digits", "--dataset", help="Data set: digits or synthetic_image."),
     compare: bool = typer.Option(False, "--compare", help="Also run the equal policy (plain DDP) and show both."),
     save_model: str = typer.Option(None, "--save-model", help="Write the final model state_dict here (torch.save)."),
     experiments_dir: Path = typer.Option(Path("experiments"), "--experiments-dir", help="Where run folders are written."),
@@ -79,13 +71,12 @@ def demo(
     emulated_sample_ms: float = typer.Option(None, "--emulated-sample-ms", help="Per-sample time of the speed-1.0 emulated device (default: measured, >= 1 ms)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else."),
 ) -> None:
-    """Run a whole cluster on this machine: a Lighthouse and one replica per emulated node."""
+    """Run a whole cluster on this machine: a Lighthouse and one replica per emulated node
+    (60 steps unless --steps or --epochs)."""
     from potluck.demo.runner import DemoConfig, parse_speeds, run_demo
 
     cfg = DemoConfig(
-        job=_job_from_flags(model=model, dataset=dataset, global_batch=global_batch, steps=steps,
-                            epochs=epochs, seed=seed, policy=policy,
-                            rebalance_interval=rebalance_interval, lr=lr, deadband=deadband),
+        job=_job_from_flags(job_flags),
         speeds=parse_speeds(speeds, nodes), compare=compare, experiments_dir=experiments_dir,
         name=name, save_model=save_model, emulated_sample_ms=emulated_sample_ms,
     )

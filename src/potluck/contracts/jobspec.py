@@ -191,7 +191,7 @@ def _field_doc(path: str) -> tuple[type, str]:
         kind = int
     elif info.annotation in (float | None,):
         kind = float
-    return kind, (info.description or "").replace("\n", " ")
+    return kind, " ".join((info.description or "").replace("``", "").split())
 
 
 _FLAT = {

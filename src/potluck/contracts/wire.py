@@ -15,9 +15,9 @@ listener and reports what it measured).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from potluck.contracts import events
 from potluck.contracts.jobspec import JobSpec
@@ -213,6 +213,91 @@ RunState = Literal["listening", "probing", "done"]
 
 
 
+class FixMsg(Strict):
+    """A fix, per operating system (empty strings where the same fix fits all)."""
+
+    all: str = Field(default="", max_length=2000)
+    linux: str = Field(default="", max_length=2000)
+    macos: str = Field(default="", max_length=2000)
+    windows: str = Field(default="", max_length=2000)
+
+
+class CheckMsg(Strict):
+    """One doctor check of one node (``doctor.report.Check``)."""
+
+    id: str = Field(max_length=200)
+    node: str = Field(max_length=200)
+    status: Literal["ok", "warn", "fail"]
+    summary: str = Field(max_length=2000)
+    fix: FixMsg | None = None
+    data: dict[str, JsonValue] = Field(default_factory=dict, max_length=64)
+    """Measured values, for ``--json``."""
+
+
+class LinkMsg(Strict):
+    """One direction of one pair as classified by the host (``doctor.report.Link``)."""
+
+    source: str = Field(max_length=200)
+    target: str = Field(max_length=200)
+    address: str = Field(max_length=300)
+    status: Literal["ok", "warn", "fail"]
+    summary: str = Field(max_length=2000)
+    fix: FixMsg | None = None
+    rtt_ms: float | None = None
+    mbit_s: float | None = None
+    largest_message: int | None = Field(default=None, ge=0)
+    error: str | None = Field(default=None, max_length=2000)
+
+
+class ProbeSettingsMsg(Strict):
+    """Bounds of one probe run (``net.probe.ProbeSettings``); unset fields keep its defaults."""
+
+    connect_timeout_s: float | None = Field(default=None, gt=0, le=60)
+    pings: int | None = Field(default=None, ge=0, le=100)
+    bandwidth_bytes: int | None = Field(default=None, ge=0, le=1 << 30)
+    bandwidth_seconds: float | None = Field(default=None, ge=0, le=60)
+    message_sizes: list[int] | None = Field(default=None, max_length=32)
+    stall_s: float | None = Field(default=None, gt=0, le=60)
+    messages_seconds: float | None = Field(default=None, ge=0, le=120)
+
+
+class ConnectMsg(Strict):
+    ok: bool
+    error: str | None = Field(default=None, max_length=100)
+    detail: str = Field(default="", max_length=2000)
+    seconds: float = Field(default=0.0, ge=0)
+
+
+class LatencyMsg(Strict):
+    rtt_ms: list[float] = Field(max_length=1000)
+    clock_offset_s: float
+    median_ms: float | None = None
+
+
+class BandwidthMsg(Strict):
+    bytes: int = Field(ge=0)
+    seconds: float = Field(ge=0)
+    mbit_s: float | None = None
+
+
+class MessagesMsg(Strict):
+    passed: list[int] = Field(default_factory=list, max_length=64)
+    stalled_at: int | None = None
+    stalled_after: int = 0
+    skipped_from: int | None = None
+
+
+class LinkProbeMsg(Strict):
+    """What one probe of one direction measured (``net.probe.LinkProbe``)."""
+
+    target: str = Field(max_length=200)
+    connect: ConnectMsg
+    latency: LatencyMsg | None = None
+    bandwidth: BandwidthMsg | None = None
+    messages: MessagesMsg | None = None
+    error: str | None = Field(default=None, max_length=2000)
+
+
 class RunRequest(Strict):
     mode: Mode = "full"
 
@@ -231,7 +316,7 @@ class Task(Strict):
     mode: Mode
     ttl_s: float = Field(default=60.0, gt=0, le=600, description="listener lifetime")
     targets: list[Target] = Field(default_factory=list, max_length=256)
-    settings: dict[str, Any] = Field(default_factory=dict, description="ProbeSettings fields")
+    settings: ProbeSettingsMsg = Field(default_factory=ProbeSettingsMsg)
 
 
 class TaskResponse(Strict):
@@ -242,12 +327,12 @@ class Listening(Strict):
     node_id: int
     port: int = Field(ge=0, le=65535, description="0: the listener could not be opened")
     error: str | None = Field(default=None, max_length=500)
-    checks: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
+    checks: list[CheckMsg] = Field(default_factory=list, max_length=64)
 
 
 class ProbeOut(Strict):
     target: str = Field(max_length=64)
-    probe: dict[str, Any]
+    probe: LinkProbeMsg
 
 
 class Probed(Strict):
@@ -260,7 +345,7 @@ class RunNode(Strict):
     address: str
     port: int | None = None
     error: str | None = None
-    checks: list[dict[str, Any]] = Field(default_factory=list)
+    checks: list[CheckMsg] = Field(default_factory=list, max_length=64)
 
 
 class RunInfo(Strict):
@@ -268,8 +353,8 @@ class RunInfo(Strict):
     mode: Mode
     state: RunState
     nodes: list[RunNode]
-    links: list[dict[str, Any]]
-    """``Link.to_dict()`` of every probed direction."""
+    links: list[LinkMsg]
+    """Every probed direction."""
     missing: list[str]
     """Nodes that did not answer in time (agent busy, disconnected, or too old)."""
 

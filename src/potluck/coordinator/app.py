@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -34,8 +34,16 @@ def _field_error(exc: RequestValidationError) -> str:
     return "malformed request: " + "; ".join(parts)
 
 
-def create_app(coordinator: Coordinator, token: str, *, tick_s: float = 1.0) -> Any:
-    """The ASGI app (FastAPI wrapped in the token middleware), with the housekeeping task."""
+Router = Callable[[Coordinator], APIRouter]
+"""An extension of the API from a layer above the coordinator (e.g. the doctor's rounds)."""
+
+
+def create_app(coordinator: Coordinator, token: str, *, tick_s: float = 1.0,
+               routers: Sequence[Router] = ()) -> Any:
+    """The ASGI app (FastAPI wrapped in the token middleware), with the housekeeping task.
+
+    ``routers`` are mounted behind the same token check; they raise PotluckErrors like the
+    core routes do."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -110,7 +118,6 @@ def create_app(coordinator: Coordinator, token: str, *, tick_s: float = 1.0) -> 
     async def events(job_id: int, after: int = 0) -> list[s.LogEntry]:
         return coordinator.events(job_id, after)
 
-    from potluck.coordinator.doctor_routes import doctor_router  # potluck doctor (issue 4)
-
-    api.include_router(doctor_router(coordinator))
+    for router in routers:
+        api.include_router(router(coordinator))
     return TokenMiddleware(api, token)

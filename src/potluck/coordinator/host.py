@@ -24,10 +24,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from potluck.contracts.errors import ExperimentDirError, PortInUseError
 from potluck.contracts.wire import Versions
@@ -36,7 +37,10 @@ from potluck.coordinator.lighthouse import Lighthouse, LighthouseSettings, check
 from potluck.coordinator.service import Coordinator, CoordinatorConfig
 from potluck.coordinator.store import Store
 from potluck.log import get_logger
-from potluck.net.address import url_host
+
+if TYPE_CHECKING:
+    from potluck.coordinator.app import Router
+from potluck.contracts.addressing import url_host
 
 log = get_logger("host")
 
@@ -130,8 +134,10 @@ def read_host_file(state_dir: Path) -> dict[str, object] | None:
 class Host:
     """A running host: call :meth:`serve` (blocks until Ctrl-C / SIGTERM)."""
 
-    def __init__(self, config: HostConfig) -> None:
+    def __init__(self, config: HostConfig, *, routers: Sequence[Router] = ()) -> None:
+        """``routers`` extend the API (``potluck host`` passes the doctor's)."""
         self.config = config
+        self.routers = list(routers)
         prepare_state_dir(config.state_dir)
         check_port_free(config.advertise, config.lighthouse_port, "lighthouse", "--lighthouse-port")
         self.sock = bind_api_socket(config.advertise, config.port)
@@ -177,7 +183,7 @@ class Host:
                 host._stop_local_agent()
                 self.should_exit = True
 
-        app = create_app(self.coordinator, self.config.token)
+        app = create_app(self.coordinator, self.config.token, routers=self.routers)
         server = _Server(
             uvicorn.Config(
                 app, log_level="warning", access_log=False, lifespan="on",

@@ -75,6 +75,18 @@ CREATE TABLE IF NOT EXISTS metrics (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS metrics_job ON metrics(job_id, type, step);
+CREATE TABLE IF NOT EXISTS links (
+    source TEXT NOT NULL,
+    target TEXT NOT NULL,
+    status TEXT NOT NULL,
+    rtt_ms REAL,
+    mbit_s REAL,
+    largest_message INTEGER,
+    error TEXT,
+    summary TEXT NOT NULL,
+    measured_at REAL NOT NULL,
+    PRIMARY KEY (source, target)
+);
 """
 
 
@@ -120,10 +132,6 @@ class Store:
         rows = self.query("SELECT * FROM nodes WHERE id = ?", (node_id,))
         return rows[0] if rows else None
 
-    def node_by_name(self, name: str) -> sqlite3.Row | None:
-        rows = self.query("SELECT * FROM nodes WHERE name = ?", (name,))
-        return rows[0] if rows else None
-
     def add_event(
         self,
         conn: sqlite3.Connection,
@@ -162,6 +170,27 @@ class Store:
             (job_id, after),
         )
 
+    # doctor link facts ---------------------------------------------------------------------
+
+    def upsert_link(self, link: dict[str, Any], measured_at: float) -> None:
+        """Store the latest measurement of one direction (a bandwidth the probe did not
+        measure keeps the previous value)."""
+        with self.tx() as conn:
+            conn.execute(
+                "INSERT INTO links (source, target, status, rtt_ms, mbit_s, largest_message, "
+                "error, summary, measured_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (source, target) DO UPDATE SET status=excluded.status, "
+                "rtt_ms=excluded.rtt_ms, mbit_s=COALESCE(excluded.mbit_s, links.mbit_s), "
+                "largest_message=excluded.largest_message, error=excluded.error, "
+                "summary=excluded.summary, measured_at=excluded.measured_at",
+                (link["source"], link["target"], link["status"], link["rtt_ms"], link["mbit_s"],
+                 link["largest_message"], link["error"], link["summary"], measured_at),
+            )
+
+    def links(self) -> list[dict[str, Any]]:
+        """Every stored direction, ordered by source and target."""
+        return [dict(r) for r in self.query("SELECT * FROM links ORDER BY source, target")]
+
 
 def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
@@ -169,3 +198,4 @@ def dumps(value: Any) -> str:
 
 def loads(text: str | None) -> Any:
     return json.loads(text) if text else None
+

@@ -149,7 +149,7 @@ def cluster_round(client: CoordinatorClient, mode: d.Mode = "full", timeout_s: f
     report = Report()
     for node in run.nodes:
         for raw in node.checks:
-            report.add(_check_from(raw))
+            report.add(_check_from(raw.model_dump()))
         if node.error:
             report.add(Check(id="probe_listener", node=node.name, status=Status.FAIL,
                              summary=node.error, fix=Fix(all="pass `potluck join --advertise` with "
@@ -163,7 +163,7 @@ def cluster_round(client: CoordinatorClient, mode: d.Mode = "full", timeout_s: f
         report.add(Check(id="round", node="host", status=Status.FAIL,
                          summary=f"the doctor round did not finish in {timeout_s:.0f} s",
                          fix=Fix(all="run `potluck doctor --cluster` again; check `potluck status`")))
-    report.links.extend(_link_from(raw) for raw in run.links)
+    report.links.extend(_link_from(raw.model_dump()) for raw in run.links)
     return report
 
 

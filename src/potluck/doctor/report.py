@@ -102,17 +102,6 @@ class Link:
             "error": self.error,
         }
 
-    def as_check(self) -> Check:
-        """The link as a check of its source node (id ``link``), for per-node grouping."""
-        return Check(
-            id=f"link.{self.target}",
-            node=self.source,
-            status=self.status,
-            summary=self.summary,
-            fix=self.fix,
-            data={"rtt_ms": self.rtt_ms, "mbit_s": self.mbit_s, "error": self.error},
-        )
-
 
 @dataclass(kw_only=True)
 class Report:

@@ -373,11 +373,6 @@ def split_host_port(text: str, default_port: int) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def url_host(address: str) -> str:
-    """``address`` ready to put in a URL (IPv6 in brackets). Pure."""
-    return f"[{address}]" if ":" in address and not address.startswith("[") else address
-
-
 __all__ = [
     "AddressChoice",
     "AddressKind",
@@ -394,5 +389,4 @@ __all__ = [
     "resolve",
     "route_source",
     "split_host_port",
-    "url_host",
 ]

@@ -19,13 +19,13 @@ from potluck.contracts.errors import NotFoundError, PotluckError
 from potluck.log import get_logger
 from potluck.net.probe import ProbeListener, ProbeSettings, probe_link
 
-log = get_logger("agent.doctor")
+log = get_logger("doctor.responder")
 
 POLL_WAIT_S = 20.0
 
 
-class DoctorHandler:
-    """Serve doctor rounds for one agent. ``agent`` is read for ``node_id`` on every poll
+class DoctorResponder:
+    """Serve doctor rounds for one agent (an agent service: ``Agent(services=[DoctorResponder])``). ``agent`` is read for ``node_id`` on every poll
     (it changes when the agent registers again)."""
 
     def __init__(self, agent: Any) -> None:
@@ -40,7 +40,7 @@ class DoctorHandler:
         self._listeners: list[ProbeListener] = []
         self._thread = threading.Thread(target=self._loop, name="doctor", daemon=True)
 
-    def start(self) -> DoctorHandler:
+    def start(self) -> DoctorResponder:
         self._thread.start()
         return self
 
@@ -81,17 +81,18 @@ class DoctorHandler:
                 body.port = listener.port
             self._client.doctor_listening(task.run_id, body)
         else:
-            settings = ProbeSettings(**task.settings)
+            settings = ProbeSettings(**task.settings.model_dump(exclude_none=True))
             probes = [
-                d.ProbeOut(target=t.name, probe=probe_link(t.address, t.port, settings).to_dict())
+                d.ProbeOut(target=t.name, probe=d.LinkProbeMsg.model_validate(
+                    probe_link(t.address, t.port, settings).to_dict()))
                 for t in task.targets
             ]
             self._client.doctor_probed(task.run_id, d.Probed(node_id=node_id, probes=probes))
 
-    def _checks(self, mode: str) -> list[dict[str, Any]]:
+    def _checks(self, mode: str) -> list[d.CheckMsg]:
         from potluck.doctor.node import node_checks_for_agent
 
         checks = node_checks_for_agent(
             self.name, self.host, self.address, self.agent.config.state_dir, cuda=mode == "full"
         )
-        return [c.to_dict() for c in checks]
+        return [d.CheckMsg.model_validate(c.to_dict()) for c in checks]

@@ -1,9 +1,10 @@
-"""The coordinator's side of ``potluck doctor --cluster``: probe rounds and stored link facts.
+"""The host's side of ``potluck doctor --cluster``: probe rounds and stored link facts.
 
-Mounted by ``app.py`` under ``/api/v1/doctor`` (so the token middleware guards it). Kept
-apart from the core coordinator: rounds live in memory (they last seconds), and only the
-measured facts go to SQLite, table ``links`` (one row per direction, the latest
-measurement), where ``potluck status --json`` and later the balancer read them.
+``potluck host`` plugs :func:`doctor_router` into the coordinator's app under
+``/api/v1/doctor`` (so the token middleware guards it); the coordinator does not know the
+doctor. Rounds live in memory (they last seconds); only the measured facts go to the
+coordinator's store (``Store.upsert_link``: one row per direction, the latest measurement),
+where ``potluck status --json`` and later the balancer read them.
 
 Round life cycle (see :mod:`potluck.contracts.wire`): ``listening`` until every alive node
 reported its listener (or ``LISTEN_TIMEOUT_S``), ``probing`` one node at a time (each given
@@ -16,11 +17,11 @@ import asyncio
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 
 from potluck.contracts import wire as d
+from potluck.contracts.errors import ConfigError, NotFoundError
 from potluck.coordinator.service import Coordinator
 from potluck.doctor.network import link_from_probe
 from potluck.net.probe import LinkProbe
@@ -31,29 +32,13 @@ PROBE_TIMEOUT_S = {"full": 12.0, "preflight": 6.0}
 MAX_WAIT_S = 30.0
 KEEP_RUNS = 20
 
-SETTINGS: dict[str, dict[str, Any]] = {
-    "full": {"connect_timeout_s": 3.0, "pings": 5, "bandwidth_bytes": 16 * 2**20,
-             "bandwidth_seconds": 1.0, "stall_s": 2.0, "messages_seconds": 4.0},
-    "preflight": {"connect_timeout_s": 2.0, "pings": 3, "bandwidth_bytes": 0,
-                  "message_sizes": [64 * 1024, 1024 * 1024], "stall_s": 1.5,
-                  "messages_seconds": 2.0},
+SETTINGS: dict[str, d.ProbeSettingsMsg] = {
+    "full": d.ProbeSettingsMsg(connect_timeout_s=3.0, pings=5, bandwidth_bytes=16 * 2**20,
+                               bandwidth_seconds=1.0, stall_s=2.0, messages_seconds=4.0),
+    "preflight": d.ProbeSettingsMsg(connect_timeout_s=2.0, pings=3, bandwidth_bytes=0,
+                                    message_sizes=[64 * 1024, 1024 * 1024], stall_s=1.5,
+                                    messages_seconds=2.0),
 }
-
-LINKS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS links (
-    source TEXT NOT NULL,
-    target TEXT NOT NULL,
-    status TEXT NOT NULL,
-    rtt_ms REAL,
-    mbit_s REAL,
-    largest_message INTEGER,
-    error TEXT,
-    summary TEXT NOT NULL,
-    measured_at REAL NOT NULL,
-    PRIMARY KEY (source, target)
-)
-"""
-
 
 @dataclass
 class _Node:
@@ -62,7 +47,7 @@ class _Node:
     address: str
     port: int | None = None
     error: str | None = None
-    checks: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[d.CheckMsg] = field(default_factory=list)
     listen_sent: bool = False
     probe_sent_at: float | None = None
     probed: bool = False
@@ -76,7 +61,7 @@ class _Run:
     created: float
     state: d.RunState = "listening"
     order: list[int] = field(default_factory=list)
-    links: list[dict[str, Any]] = field(default_factory=list)
+    links: list[d.LinkMsg] = field(default_factory=list)
     missing: set[int] = field(default_factory=set)
 
     def targets_for(self, node_id: int) -> list[d.Target]:
@@ -95,8 +80,6 @@ class DoctorRounds:
         self.runs: dict[int, _Run] = {}
         self._ids = itertools.count(1)
         self._changed = asyncio.Event()
-        with coordinator.store.tx() as conn:
-            conn.execute(LINKS_SCHEMA)
 
     def _notify(self) -> None:
         self._changed.set()
@@ -181,7 +164,7 @@ class DoctorRounds:
     def run(self, run_id: int) -> _Run:
         run = self.runs.get(run_id)
         if run is None:
-            raise HTTPException(404, f"unknown doctor run {run_id}")
+            raise NotFoundError(f"unknown doctor run {run_id}: start one with `potluck doctor --cluster`")
         self.advance(run)
         return run
 
@@ -189,7 +172,7 @@ class DoctorRounds:
         run = self.run(run_id)
         node = run.nodes.get(req.node_id)
         if node is None:
-            raise HTTPException(404, f"node {req.node_id} is not part of doctor run {run_id}")
+            raise NotFoundError(f"node {req.node_id} is not part of doctor run {run_id}")
         node.port, node.error, node.checks = (req.port or None), req.error, req.checks
         run.missing.discard(node.id)
         self.advance(run)
@@ -199,35 +182,22 @@ class DoctorRounds:
         run = self.run(run_id)
         node = run.nodes.get(req.node_id)
         if node is None:
-            raise HTTPException(404, f"node {req.node_id} is not part of doctor run {run_id}")
+            raise NotFoundError(f"node {req.node_id} is not part of doctor run {run_id}")
         names = {n.name for n in run.nodes.values()}
         now = time.time()
         for out in req.probes:
             if out.target not in names:
                 continue
             try:
-                probe = LinkProbe.from_dict(out.probe)
+                probe = LinkProbe.from_dict(out.probe.model_dump())
             except (KeyError, TypeError) as exc:
-                raise HTTPException(422, f"malformed probe result for {out.target}: {exc}") from exc
+                raise ConfigError(f"malformed probe result for {out.target}: {exc}") from exc
             link = link_from_probe(node.name, out.target, probe, node.address)
-            run.links.append(link.to_dict())
-            self._store(link.to_dict(), now)
+            run.links.append(d.LinkMsg.model_validate(link.to_dict()))
+            self.coordinator.store.upsert_link(link.to_dict(), now)
         node.probed = True
         self.advance(run)
         self._notify()
-
-    def _store(self, link: dict[str, Any], now: float) -> None:
-        with self.coordinator.store.tx() as conn:
-            conn.execute(
-                "INSERT INTO links (source, target, status, rtt_ms, mbit_s, largest_message, "
-                "error, summary, measured_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (source, target) DO UPDATE SET status=excluded.status, "
-                "rtt_ms=excluded.rtt_ms, mbit_s=COALESCE(excluded.mbit_s, links.mbit_s), "
-                "largest_message=excluded.largest_message, error=excluded.error, "
-                "summary=excluded.summary, measured_at=excluded.measured_at",
-                (link["source"], link["target"], link["status"], link["rtt_ms"], link["mbit_s"],
-                 link["largest_message"], link["error"], link["summary"], now),
-            )
 
     def info(self, run: _Run) -> d.RunInfo:
         return d.RunInfo(
@@ -241,8 +211,7 @@ class DoctorRounds:
         )
 
     def facts(self) -> list[d.LinkFact]:
-        rows = self.coordinator.store.query("SELECT * FROM links ORDER BY source, target")
-        return [d.LinkFact(**dict(row)) for row in rows]
+        return [d.LinkFact(**row) for row in self.coordinator.store.links()]
 
 
 def doctor_router(coordinator: Coordinator) -> APIRouter:
