@@ -54,7 +54,7 @@ def test_three_nodes_with_mixed_speeds_train_digits(cluster: Cluster) -> None:
     assert summary["steps"] >= 79
     assert summary["test_accuracy"] >= 0.9
     assert summary["final_loss"] < 0.5
-    assert summary["samples_per_s"] > 0 and 0 < summary["efficiency"] <= 1
+    assert summary["samples_per_s"] > 0 and 0 < summary["compute_fraction"] <= 1
 
     # Each replica advertised its own loopback address and pinned gloo to `lo`.
     for name, addr in (("friend-b", "127.0.0.3"), ("friend-c", "127.0.0.4")):

@@ -127,9 +127,9 @@ def test_job_life_cycle_with_start_barrier(tmp_path: Path) -> None:
     assert final.state == "succeeded"
     summ = final.summary
     assert summ is not None
-    assert (summ.nodes, summ.steps, summ.final_loss, summ.test_accuracy) == (["a", "b"], 2, 1.0, 0.9)
+    assert (summ.nodes, summ.steps, summ.final_loss, summ.test_accuracy) == (["a", "b"], 3, 1.0, 0.9)
     assert summ.samples_per_s == pytest.approx(900.0)
-    assert 0.5 < summ.efficiency < 1.0
+    assert 0.5 < summ.compute_fraction < 1.0
     on_disk = json.loads((tmp_path / "experiments" / f"job-{job.id}" / "summary.json").read_text())
     assert on_disk["state"] == "succeeded"
     assert len((tmp_path / "experiments" / f"job-{job.id}" / "replicas" / "a.jsonl").read_text().splitlines()) == 5
@@ -142,7 +142,7 @@ def test_silent_node_is_lost_then_rejoins_the_running_job(tmp_path: Path) -> Non
     reg(c, "a")
     b = reg(c, "b")
     job = c.submit(s.JobSubmit(config={"steps": 100}))
-    c._last_seen[b.node_id] = time.time() - 60  # b went silent
+    c.membership.last_seen[b.node_id] = time.time() - 60  # b went silent
     c.tick()
     nodes = {n.name: n.state for n in c.nodes()}
     assert nodes == {"a": "alive", "b": "lost"}
@@ -187,3 +187,30 @@ def test_restart_keeps_nodes_jobs_and_events(tmp_path: Path) -> None:
     # The node's agent reconnects with its old id; it gets the running job, not held at a barrier.
     assignment = again.heartbeat(a.node_id, s.HeartbeatRequest()).assignment
     assert assignment is not None and assignment.go
+
+
+def test_port_checks_tell_taken_from_unusable(tmp_path: Path) -> None:
+    import socket
+
+    from potluck.contracts.errors import NetworkConfigError, PortInUseError
+    from potluck.coordinator.lighthouse import check_port_free
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(PortInUseError, match="already in use.*--lighthouse-port"):
+            check_port_free("127.0.0.1", port, "lighthouse", "--lighthouse-port")
+    # 192.0.2.1 (TEST-NET) is on no interface here: cannot bind, and it is not "in use".
+    with pytest.raises(NetworkConfigError, match="is 192.0.2.1 an address of this machine"):
+        check_port_free("192.0.2.1", 0, "lighthouse", "--lighthouse-port")
+
+
+def test_doctor_links_keep_the_last_bandwidth(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    link = {"source": "a", "target": "b", "status": "ok", "rtt_ms": 1.0, "mbit_s": 900.0,
+            "largest_message": 1 << 20, "error": None, "summary": "fine"}
+    store.upsert_link(link, 1.0)
+    store.upsert_link({**link, "rtt_ms": 2.0, "mbit_s": None}, 2.0)  # a pre-flight: no bandwidth
+    [row] = store.links()
+    assert (row["rtt_ms"], row["mbit_s"], row["measured_at"]) == (2.0, 900.0, 2.0)

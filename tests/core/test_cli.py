@@ -33,15 +33,31 @@ def potluck(*args: str, cwd: Path, timeout: float = 240) -> subprocess.Completed
         (["--steps", "abc"], "Invalid value for '--steps'"),
     ],
 )
-def test_demo_bad_input_is_one_line_exit_2_nothing_written(tmp_path: Path, args: list[str], message: str) -> None:
+def test_demo_bad_input_is_one_line_exit_2_nothing_written(
+    tmp_path: Path, args: list[str], message: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """In-process through the CLI's entry point (the same code path as the command)."""
+    from potluck.cli.main import main
+
     (tmp_path / "blocker").write_text("a file where a folder is expected")
-    result = potluck("demo", *args, cwd=tmp_path, timeout=60)
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", *args])
+    out = capsys.readouterr()
+    assert exited.value.code == 2, out.err
+    lines = [line for line in out.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), out.err
     assert message in lines[0]
-    assert result.stdout == ""
+    assert out.out == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+
+
+def test_bad_input_as_a_real_process(tmp_path: Path) -> None:
+    result = potluck("demo", "--lr", "inf", cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == ["error: job field 'optimizer.lr': Input should be a finite number, got inf"]
 
 
 def test_demo_json_compare_and_save_model(tmp_path: Path) -> None:

@@ -83,7 +83,7 @@ def summary_table(summary: s.JobSummary) -> Table:
         ("nodes", ", ".join(summary.nodes)),
         ("steps", summary.steps),
         ("samples/s", f"{summary.samples_per_s:,.0f}" if summary.samples_per_s else "-"),
-        ("efficiency", f"{summary.efficiency:.0%}" if summary.efficiency is not None else "-"),
+        ("compute fraction", f"{summary.compute_fraction:.0%}" if summary.compute_fraction is not None else "-"),
         ("final loss", f"{summary.final_loss:.4f}" if summary.final_loss is not None else "-"),
         ("test accuracy", f"{summary.test_accuracy:.3f}" if summary.test_accuracy is not None else "-"),
         ("results", summary.run_dir),

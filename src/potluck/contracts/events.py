@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from potluck.contracts.errors import ConfigError
 from potluck.contracts.jobspec import describe_validation_error
 
-EVENT_VERSION = 1
+EVENT_VERSION: Literal[1] = 1
 Seconds = Annotated[float, Field(ge=0, le=1e7)]
 Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Allocation = Annotated[dict[str, Count], Field(max_length=4096)]

@@ -156,7 +156,8 @@ class JobSummary(Strict):
     nodes: list[str]
     steps: int
     samples_per_s: float | None
-    efficiency: float | None
+    compute_fraction: float | None
+    """Fraction of replica step time spent computing (the rest: communication, waiting)."""
     final_loss: float | None
     test_accuracy: float | None
     run_dir: str

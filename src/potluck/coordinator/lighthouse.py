@@ -6,11 +6,12 @@ when the host starts, never on the API's request path.
 
 from __future__ import annotations
 
+import errno
 import socket
 from dataclasses import dataclass
 from typing import Any
 
-from potluck.contracts.errors import PortInUseError
+from potluck.contracts.errors import ClusterError, NetworkConfigError, PortInUseError
 
 
 @dataclass(kw_only=True)
@@ -26,18 +27,22 @@ class LighthouseSettings:
 
 
 def check_port_free(address: str, port: int, what: str, flag: str) -> None:
-    """Raise PortInUseError if ``address:port`` (TCP) cannot be bound now."""
-    if port == 0:
-        return
+    """Raise PortInUseError if ``address:port`` (TCP) is taken, NetworkConfigError if the
+    address cannot be bound for another reason (not this machine's, no permission)."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((address, port))
         except OSError as exc:
-            raise PortInUseError(
-                f"{what} port {port} on {address} is already in use ({exc.strerror}): is another "
-                f"`potluck host` running? Stop it, or pass {flag} with a free port"
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError(
+                    f"{what} port {port} on {address} is already in use: is another "
+                    f"`potluck host` running? Stop it, or pass {flag} with a free port"
+                ) from exc
+            raise NetworkConfigError(
+                f"cannot listen for the {what} on {address}:{port} ({exc.strerror}): is "
+                f"{address} an address of this machine? Pass --advertise with one"
             ) from exc
 
 
@@ -56,10 +61,13 @@ class Lighthouse:
                 join_timeout_ms=settings.join_timeout_ms,
                 heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
             )
-        except Exception as exc:  # the Rust side raises a plain RuntimeError
-            raise PortInUseError(
-                f"cannot start the torchft lighthouse on {address}:{port} ({exc}): pass "
-                "--lighthouse-port with a free port"
+        except RuntimeError as exc:  # the Rust side raises a plain RuntimeError
+            # The port was free a moment ago (checked above), so this is not "in use" unless
+            # the message says so.
+            error = PortInUseError if "in use" in str(exc).lower() else ClusterError
+            raise error(
+                f"cannot start the torchft lighthouse on {address}:{port} ({exc}); "
+                "see the host log, or pass --lighthouse-port with another port"
             ) from exc
         self.port = lighthouse_port(self._server)
 

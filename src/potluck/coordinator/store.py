@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from potluck.contracts.errors import ConflictError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
     id INTEGER PRIMARY KEY,
@@ -91,7 +93,8 @@ CREATE TABLE IF NOT EXISTS links (
 
 
 class Store:
-    """Typed access to the SQLite file. Methods are short transactions; thread-safe."""
+    """Typed access to the SQLite file: every SQL statement of the coordinator (and of the
+    doctor's rounds) is here. Methods are short transactions; thread-safe."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -123,6 +126,28 @@ class Store:
         with self._lock:
             return self._conn.execute(sql, args).fetchall()
 
+    def event(self, kind: str, message: str, *, job_id: int | None = None,
+              node_id: int | None = None) -> None:
+        """Append one line to the cluster's event log, in its own transaction."""
+        with self.tx() as conn:
+            self.add_event(conn, kind, message, job_id=job_id, node_id=node_id)
+
+    def add_event(self, conn: sqlite3.Connection, kind: str, message: str, *,
+                  job_id: int | None = None, node_id: int | None = None) -> None:
+        """Append one line to the event log inside the caller's transaction."""
+        conn.execute(
+            "INSERT INTO events (job_id, node_id, t, kind, message) VALUES (?, ?, ?, ?, ?)",
+            (job_id, node_id, time.time(), kind, message),
+        )
+
+    def events(self, job_id: int | None, after: int = 0) -> list[sqlite3.Row]:
+        where = "events.job_id = ?" if job_id is not None else "1 = 1 OR ? IS NULL"
+        return self.query(
+            "SELECT events.*, nodes.name AS node FROM events LEFT JOIN nodes ON nodes.id = node_id "
+            f"WHERE ({where}) AND events.id > ? ORDER BY events.id",
+            (job_id, after),
+        )
+
     # nodes ---------------------------------------------------------------------------------
 
     def nodes(self) -> list[sqlite3.Row]:
@@ -132,19 +157,67 @@ class Store:
         rows = self.query("SELECT * FROM nodes WHERE id = ?", (node_id,))
         return rows[0] if rows else None
 
-    def add_event(
-        self,
-        conn: sqlite3.Connection,
-        kind: str,
-        message: str,
-        *,
-        job_id: int | None = None,
-        node_id: int | None = None,
-    ) -> None:
-        conn.execute(
-            "INSERT INTO events (job_id, node_id, t, kind, message) VALUES (?, ?, ?, ?, ?)",
-            (job_id, node_id, time.time(), kind, message),
-        )
+    def node_state(self, node_id: int) -> str:
+        rows = self.query("SELECT state FROM nodes WHERE id=?", (node_id,))
+        return rows[0]["state"] if rows else "unknown"
+
+    def register_node(self, *, name: str, node_key: str, address: str, interface: str | None,
+                      hardware: str, versions: str, speed: float, now: float,
+                      max_nodes: int) -> tuple[int, str, int]:
+        """Add a node, or take back the row of the same machine (same node key, or the same
+        name of a node that is not alive). Returns ``(node_id, name, slot)``; a new node
+        whose name is taken gets a ``-2`` suffix. Raises ConflictError when full."""
+        with self.tx() as conn:
+            rows = conn.execute("SELECT * FROM nodes").fetchall()
+            mine = next((r for r in rows if r["node_key"] == node_key), None)
+            if mine is None:
+                same_name = next((r for r in rows if r["name"] == name), None)
+                if same_name is not None and same_name["state"] != "alive":
+                    mine = same_name  # the same machine back with a fresh state dir
+            if mine is not None:
+                conn.execute(
+                    "UPDATE nodes SET node_key=?, address=?, interface=?, hardware=?, versions=?, "
+                    "speed=?, state='alive', last_heartbeat=? WHERE id=?",
+                    (node_key, address, interface, hardware, versions, speed, now, mine["id"]),
+                )
+                self.add_event(conn, "node", f"{mine['name']} rejoined from {address}",
+                               node_id=mine["id"])
+                return mine["id"], mine["name"], mine["slot"]
+            taken = {r["name"] for r in rows}
+            unique, n = name, 2
+            while unique in taken:
+                unique, n = f"{name}-{n}", n + 1
+            used = {r["slot"] for r in rows}
+            slot = next(i for i in range(len(used) + 1) if i not in used)
+            if slot >= max_nodes:
+                raise ConflictError(f"cluster is full ({slot} nodes): start a new state dir")
+            node_id = conn.execute(
+                "INSERT INTO nodes (name, node_key, slot, address, interface, hardware, versions,"
+                " speed, state, last_heartbeat, joined_at) VALUES (?,?,?,?,?,?,?,?,'alive',?,?)",
+                (unique, node_key, slot, address, interface, hardware, versions, speed, now, now),
+            ).lastrowid
+            assert node_id is not None
+            self.add_event(conn, "node", f"{unique} joined from {address} (slot {slot})",
+                           node_id=node_id)
+            return node_id, unique, slot
+
+    def set_node_state(self, node_id: int, state: str, message: str, *,
+                       end_replicas: tuple[str, str] | None = None) -> None:
+        """Set a node's state with an event; ``end_replicas=(state, why)`` also ends its
+        active replicas, in the same transaction."""
+        with self.tx() as conn:
+            conn.execute("UPDATE nodes SET state=? WHERE id=?", (state, node_id))
+            self.add_event(conn, "node", message, node_id=node_id)
+            if end_replicas is not None:
+                self._end_active_replicas(conn, node_id, *end_replicas)
+
+    def save_node_liveness(self, heartbeats: dict[int, float], measured: dict[int, float]) -> None:
+        """Flush heartbeat times and measured samples/s kept in memory by the coordinator."""
+        with self.tx() as conn:
+            conn.executemany("UPDATE nodes SET last_heartbeat=? WHERE id=?",
+                             [(t, i) for i, t in heartbeats.items()])
+            conn.executemany("UPDATE nodes SET measured_sps=? WHERE id=?",
+                             [(r, i) for i, r in measured.items()])
 
     # jobs ----------------------------------------------------------------------------------
 
@@ -155,6 +228,60 @@ class Store:
     def jobs(self, limit: int = 100) -> list[sqlite3.Row]:
         return self.query("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", (limit,))
 
+    def jobs_in(self, *states: str) -> list[sqlite3.Row]:
+        """Jobs in any of ``states``, oldest first."""
+        marks = ",".join("?" * len(states))
+        return self.query(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", states)
+
+    def add_job(self, name: str, config: str, now: float) -> int:
+        with self.tx() as conn:
+            job_id = conn.execute(
+                "INSERT INTO jobs (name, state, config, created_at) VALUES (?, 'queued', ?, ?)",
+                (name, config, now),
+            ).lastrowid
+            assert job_id is not None
+            self.add_event(conn, "job", "submitted", job_id=job_id)
+            return job_id
+
+    def start_job(self, job_id: int, now: float, max_slot: int) -> list[sqlite3.Row]:
+        """Mark the job running and give every live node with ``slot < max_slot`` a replica
+        (so the start barrier knows whom to wait for). Returns those nodes."""
+        with self.tx() as conn:
+            conn.execute("UPDATE jobs SET state='running', started_at=? WHERE id=?", (now, job_id))
+            alive = conn.execute(
+                "SELECT id, name, slot FROM nodes WHERE state='alive' AND slot < ?", (max_slot,)
+            ).fetchall()
+            conn.executemany(
+                "INSERT INTO replicas (job_id, node_id, slot, state, updated_at) "
+                "VALUES (?, ?, ?, 'assigned', ?)",
+                [(job_id, n["id"], n["slot"], now) for n in alive],
+            )
+            names = ", ".join(n["name"] for n in alive)
+            self.add_event(conn, "job", f"started on {len(alive)} node(s): {names}", job_id=job_id)
+            return alive
+
+    def finish_job(self, job_id: int, state: str, message: str, summary: str, progress: str) -> None:
+        """Final state, summary and progress of a job; its unfinished replicas are stopped."""
+        now = time.time()
+        with self.tx() as conn:
+            conn.execute(
+                "UPDATE jobs SET state=?, finished_at=?, message=?, summary=?, progress=? WHERE id=?",
+                (state, now, message, summary, progress, job_id),
+            )
+            conn.execute(
+                "UPDATE replicas SET state='stopped', updated_at=? WHERE job_id=? "
+                "AND state IN ('assigned','starting','running','lost')",
+                (now, job_id),
+            )
+            self.add_event(conn, "job", f"{state}: {message}", job_id=job_id)
+
+    def save_progress(self, progress: dict[int, str]) -> None:
+        with self.tx() as conn:
+            conn.executemany("UPDATE jobs SET progress=? WHERE id=?",
+                             [(p, i) for i, p in progress.items()])
+
+    # replicas ------------------------------------------------------------------------------
+
     def replicas(self, job_id: int) -> list[sqlite3.Row]:
         return self.query(
             "SELECT replicas.*, nodes.name AS node FROM replicas JOIN nodes ON nodes.id = node_id "
@@ -162,13 +289,65 @@ class Store:
             (job_id,),
         )
 
-    def events(self, job_id: int | None, after: int = 0) -> list[sqlite3.Row]:
-        where = "events.job_id = ?" if job_id is not None else "1 = 1 OR ? IS NULL"
-        return self.query(
-            "SELECT events.*, nodes.name AS node FROM events LEFT JOIN nodes ON nodes.id = node_id "
-            f"WHERE ({where}) AND events.id > ? ORDER BY events.id",
-            (job_id, after),
-        )
+    def replica(self, job_id: int, node_id: int) -> sqlite3.Row | None:
+        rows = self.query("SELECT * FROM replicas WHERE job_id=? AND node_id=?", (job_id, node_id))
+        return rows[0] if rows else None
+
+    def assign_replica(self, job_id: int, node_id: int, slot: int, message: str) -> None:
+        with self.tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO replicas (job_id, node_id, slot, state, updated_at) "
+                "VALUES (?, ?, ?, 'assigned', ?)",
+                (job_id, node_id, slot, time.time()),
+            )
+            self.add_event(conn, "replica", message, job_id=job_id, node_id=node_id)
+
+    def update_replica(self, job_id: int, node_id: int, *, state: str, step: int | None,
+                       exit_code: int | None, message: str | None, ready: bool,
+                       event: str | None) -> None:
+        """What an agent reported of its replica (and an event when its state changed)."""
+        with self.tx() as conn:
+            conn.execute(
+                "UPDATE replicas SET state=?, step=?, exit_code=?, message=?, ready=?, "
+                "updated_at=? WHERE job_id=? AND node_id=?",
+                (state, step, exit_code, message, int(ready), time.time(), job_id, node_id),
+            )
+            if event:
+                self.add_event(conn, "replica", event, job_id=job_id, node_id=node_id)
+
+    def _end_active_replicas(self, conn: sqlite3.Connection, node_id: int, state: str,
+                             why: str) -> None:
+        rows = conn.execute(
+            "SELECT job_id FROM replicas WHERE node_id=? AND state IN "
+            "('assigned','starting','running')", (node_id,),
+        ).fetchall()
+        for r in rows:
+            conn.execute(
+                "UPDATE replicas SET state=?, message=?, updated_at=? WHERE job_id=? AND node_id=?",
+                (state, why, time.time(), r["job_id"], node_id),
+            )
+            self.add_event(conn, "replica", f"replica {state}: {why}", job_id=r["job_id"],
+                           node_id=node_id)
+
+    # metrics -------------------------------------------------------------------------------
+
+    def add_metrics(self, job_id: int, node_id: int, rows: list[tuple[str, int | None, str]],
+                    done: str | None) -> None:
+        """Store ``(type, step, event JSON)`` rows; ``done`` is the replica's final event."""
+        with self.tx() as conn:
+            conn.executemany(
+                "INSERT INTO metrics (job_id, node_id, type, step, record) VALUES (?,?,?,?,?)",
+                [(job_id, node_id, kind, step, record) for kind, step, record in rows],
+            )
+            if done is not None:
+                conn.execute("UPDATE replicas SET done=? WHERE job_id=? AND node_id=?",
+                             (done, job_id, node_id))
+
+    def metric_records(self, job_id: int, kind: str) -> list[str]:
+        """The JSON of every stored event of ``kind`` for a job, in arrival order."""
+        rows = self.query("SELECT record FROM metrics WHERE job_id=? AND type=? ORDER BY id",
+                          (job_id, kind))
+        return [r["record"] for r in rows]
 
     # doctor link facts ---------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from potluck.contracts.jobspec import ReplicaSpec
 from potluck.log import IdentityAdapter, get_logger, setup_logging
 from potluck.trainer.core import build_training, local_gradients, params_digest
 from potluck.trainer.emulation import Emulator, calibrate
+from potluck.trainer.faults import Faults
 from potluck.trainer.ft import make_manager
 from potluck.trainer.sampler import step_indices
 from potluck.trainer.sinks import EventSink, JsonlSink
@@ -45,8 +46,12 @@ from potluck.trainer.sync import LocalWork, SyncResult, make_sync
 class Replica:
     """One replica group's training loop. ``run()`` trains to the end and returns the summary."""
 
-    def __init__(self, spec: ReplicaSpec, sink: EventSink | None = None) -> None:
+    def __init__(self, spec: ReplicaSpec, sink: EventSink | None = None, *,
+                 faults: Faults | None = None) -> None:
+        """``sink`` receives every event (default: the run folder's files); ``faults``
+        injects failures by step (tests)."""
         self.spec = spec
+        self.faults = faults
         job = spec.job
         emulating = spec.speed != 1.0 or job.emulation.sample_s > 0 or bool(spec.hooks.speed_changes)
         threads = spec.threads or (1 if emulating else 0)
@@ -134,6 +139,7 @@ class Replica:
             load_state_dict=self.load_state_dict, state_dict=self.state_dict,
             group_rank=spec.group_rank, group_world_size=spec.group_world_size,
         )
+        self.pg = pg
         self.sync = make_sync(spec.job, tr.model, tr.optimizer, manager, spec.device)
         self._wait_start_barrier()
         committed = discarded = 0
@@ -160,6 +166,10 @@ class Replica:
                 if not result.committed:
                     discarded += 1
                     self.log.warning("step %d discarded (%s)", self.step, result.error)
+        except BaseException:
+            # Dying mid-step: drop out of the group now so peers fail fast, not at a timeout.
+            pg.abort(errored=False)
+            raise
         finally:
             manager.shutdown(wait=False)
         ended = time.time()
@@ -173,6 +183,8 @@ class Replica:
         if hooks.fail_at_step is not None and self.step >= hooks.fail_at_step:
             self.log.warning("failure injection: exiting at step %d", self.step)
             os._exit(17)
+        if self.faults is not None:
+            self.faults.check(spec.slot, self.step)
         for at_step, new_speed in hooks.speed_changes:
             if self.step >= at_step:
                 self.emulator.speed = new_speed

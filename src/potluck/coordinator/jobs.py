@@ -1,0 +1,208 @@
+"""The job life cycle: queue, start barrier, assignments, and ending a job.
+
+::
+
+    queued -> running -> succeeded | failed | cancelled
+
+One job runs at a time (the cluster has one Lighthouse); later submissions queue. Every live
+node gets a replica of the running job, in its stable slot; a node that comes back (or joins
+late) is assigned the running job again, so torchft heals it into the group.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from potluck.contracts import wire as s
+from potluck.contracts.errors import ConflictError, NotFoundError
+from potluck.contracts.jobspec import JobSpec
+from potluck.coordinator.config import CoordinatorConfig
+from potluck.coordinator.membership import Membership
+from potluck.coordinator.store import Store, dumps, loads
+from potluck.coordinator.telemetry import Telemetry
+from potluck.log import get_logger
+from potluck.recipes import check_spec
+
+log = get_logger("coordinator.jobs")
+
+ACTIVE_REPLICA = ("assigned", "starting", "running")
+FINAL_REPLICA = ("done", "failed", "stopped")
+STRAGGLER_GRACE_S = 60.0
+"""After the first replica finishes, how long the others get to finish before the job ends."""
+BARRIER_TIMEOUT_S = 90.0
+"""The first step starts when every first replica is ready, or after this long anyway."""
+ORPHAN_TIMEOUT_S = 120.0
+"""A running job with no active replica for this long fails (every node lost for good)."""
+
+
+def job_spec_from(raw: object) -> JobSpec:
+    """A validated JobSpec from untrusted data, names checked. Raises ConfigError naming the field."""
+    return check_spec(JobSpec.parse(raw))
+
+
+def _no_job(job_id: int) -> NotFoundError:
+    return NotFoundError(f"no job {job_id}: `potluck jobs` lists the jobs")
+
+
+class Jobs:
+    def __init__(self, store: Store, config: CoordinatorConfig, membership: Membership,
+                 telemetry: Telemetry) -> None:
+        self.store = store
+        self.config = config
+        self.membership = membership
+        self.telemetry = telemetry
+        # Jobs whose start barrier is released; a restarted coordinator releases running jobs.
+        self.released: set[int] = {r["id"] for r in store.jobs_in("running")}
+        self._no_active_since: dict[int, float] = {}
+
+    # queries -------------------------------------------------------------------------------
+
+    def row(self, job_id: int) -> Any:
+        row = self.store.job(job_id)
+        if row is None:
+            raise _no_job(job_id)
+        return row
+
+    def info(self, job_id: int) -> s.JobInfo:
+        row = self.row(job_id)
+        summary = loads(row["summary"])
+        return s.JobInfo(
+            id=row["id"], name=row["name"], state=row["state"],
+            config=JobSpec.parse(loads(row["config"])), created_at=row["created_at"],
+            started_at=row["started_at"], finished_at=row["finished_at"],
+            progress=self.telemetry.progress_of(job_id, row),
+            replicas=[s.JobReplica(node=r["node"], slot=r["slot"], state=r["state"],
+                                   step=r["step"], exit_code=r["exit_code"], message=r["message"])
+                      for r in self.store.replicas(job_id)],
+            summary=s.JobSummary(**summary) if summary else None,
+            message=row["message"],
+        )
+
+    def all(self) -> list[s.JobInfo]:
+        return [self.info(row["id"]) for row in self.store.jobs()]
+
+    def events(self, job_id: int | None, after: int = 0) -> list[s.LogEntry]:
+        if job_id is not None:
+            self.row(job_id)
+        return [s.LogEntry(id=r["id"], t=r["t"], kind=r["kind"], message=r["message"], node=r["node"])
+                for r in self.store.events(job_id, after)]
+
+    # submitting ----------------------------------------------------------------------------
+
+    def submit(self, req: s.JobSubmit) -> s.JobInfo:
+        config = job_spec_from(req.config)
+        if not any(r["state"] == "alive" for r in self.store.nodes()):
+            raise ConflictError(
+                "no live nodes in the cluster: run `potluck join` on a machine (or start "
+                "`potluck host` without --no-local-agent)"
+            )
+        job_id = self.store.add_job(req.name or f"{config.model.name}-{config.data.name}",
+                                    dumps(config.model_dump()), time.time())
+        self.telemetry.progress[job_id] = s.JobProgress()
+        self.start_queued()
+        return self.info(job_id)
+
+    def cancel(self, job_id: int) -> s.JobInfo:
+        row = self.row(job_id)
+        if row["state"] in s.FINISHED_JOB_STATES:
+            raise ConflictError(f"job {job_id} already {row['state']}")
+        self.finish(job_id, "cancelled", "cancelled by user")
+        self.start_queued()
+        return self.info(job_id)
+
+    def running(self) -> Any:
+        rows = self.store.jobs_in("running")
+        return rows[0] if rows else None
+
+    def start_queued(self) -> None:
+        if self.running() is not None:
+            return
+        queued = self.store.jobs_in("queued")
+        if queued:
+            job = queued[0]
+            config = JobSpec.parse(loads(job["config"]))
+            self.store.start_job(job["id"], time.time(), config.fault.max_replicas)
+
+    # replicas ------------------------------------------------------------------------------
+
+    def apply_reports(self, node: Any, reports: list[s.ReplicaReport]) -> None:
+        """What an agent says of its replicas; a final replica state stays final."""
+        for rep in reports:
+            row = self.store.replica(rep.job_id, node["id"])
+            if row is None or (row["state"] == rep.state and row["step"] == rep.step
+                               and bool(row["ready"]) == rep.ready):
+                continue
+            if row["state"] in FINAL_REPLICA and rep.state != row["state"]:
+                continue
+            event = None
+            if row["state"] != rep.state:
+                event = f"replica on {node['name']}: {row['state']} -> {rep.state}"
+                if rep.message:
+                    event += f" ({rep.message})"
+            self.store.update_replica(rep.job_id, node["id"], state=rep.state, step=rep.step,
+                                      exit_code=rep.exit_code, message=rep.message,
+                                      ready=rep.ready, event=event)
+
+    def assignment(self, node_id: int, node: Any) -> s.Assignment | None:
+        """The job this node should run now (None: nothing)."""
+        job = self.running()
+        if job is None:
+            return None
+        row = self.store.replica(job["id"], node_id)
+        if row is not None and row["state"] in FINAL_REPLICA:
+            return None
+        node = node or self.membership.node(node_id)
+        config = JobSpec.parse(loads(job["config"]))
+        if node["slot"] >= config.fault.max_replicas:
+            return None  # the job has no room for this slot (raise max_replicas)
+        if row is None or row["state"] == "lost":
+            if job["id"] in self.telemetry.first_done_at:
+                return None  # the job is finishing: no late joiners
+            verb = "re-assigned" if row is not None else "assigned"
+            self.store.assign_replica(job["id"], node_id, node["slot"],
+                                      f"{verb} to {node['name']} (slot {node['slot']})")
+        return s.Assignment(job_id=job["id"], slot=node["slot"], name=node["name"],
+                            lighthouse=self.config.lighthouse, job=config,
+                            go=job["id"] in self.released)
+
+    # ending --------------------------------------------------------------------------------
+
+    def finish(self, job_id: int, state: str, message: str) -> None:
+        summary = self.telemetry.summarize(job_id, state)
+        self.telemetry.write_summary(summary)
+        progress = self.telemetry.forget(job_id)
+        self.store.finish_job(job_id, state, message, dumps(summary.model_dump()),
+                              dumps(progress.model_dump()) if progress else "{}")
+        self._no_active_since.pop(job_id, None)
+        self.released.discard(job_id)
+        log.info("job %s %s: %s", job_id, state, message)
+
+    def advance(self, now: float) -> None:
+        """Release the start barrier, and end the running job when its replicas are done."""
+        job = self.running()
+        if job is None:
+            return
+        job_id = job["id"]
+        replicas = self.store.replicas(job_id)
+        active = [r for r in replicas if r["state"] in ACTIVE_REPLICA]
+        if job_id not in self.released and active:
+            ready = all(r["ready"] or r["state"] == "running" for r in active)
+            if ready or now - (job["started_at"] or now) > BARRIER_TIMEOUT_S:
+                self.released.add(job_id)
+                why = "all replicas ready" if ready else "start barrier timed out"
+                self.store.event("job", f"training starts ({why})", job_id=job_id)
+        done = [r for r in replicas if r["done"] or r["state"] == "done"]
+        first_done = self.telemetry.first_done_at.get(job_id, now)
+        if done and not active:
+            self.finish(job_id, "succeeded", f"finished on {len(done)} node(s)")
+        elif done and now - first_done > STRAGGLER_GRACE_S:
+            self.finish(job_id, "succeeded", "finished (stragglers stopped)")
+        elif active or not replicas:
+            self._no_active_since.pop(job_id, None)
+        elif all(r["state"] == "failed" for r in replicas):
+            reasons = "; ".join(f"{r['node']}: {r['message'] or 'exit ' + str(r['exit_code'])}"
+                                for r in replicas)
+            self.finish(job_id, "failed", f"every replica failed ({reasons})")
+        elif now - self._no_active_since.setdefault(job_id, now) > ORPHAN_TIMEOUT_S:
+            self.finish(job_id, "failed", "no replica left running (all nodes lost or failed)")

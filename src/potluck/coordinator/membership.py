@@ -1,0 +1,96 @@
+"""Who is in the cluster: registration, leaving, heartbeats, and marking silent nodes lost.
+
+Heartbeats touch memory only (``last_seen``); :meth:`Membership.flush` writes them once a
+second, and :meth:`Membership.mark_lost` turns a node silent for ``node_timeout_s`` lost and
+ends its active replicas.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from potluck.contracts import wire as s
+from potluck.contracts.errors import NotFoundError
+from potluck.contracts.versions import require_same_versions
+from potluck.coordinator.config import CoordinatorConfig
+from potluck.coordinator.store import Store, dumps, loads
+from potluck.log import get_logger
+
+log = get_logger("coordinator.membership")
+
+MAX_NODES = 4096
+"""Slots ever handed out by one coordinator; a job uses the nodes with slot < max_replicas."""
+
+
+class Membership:
+    def __init__(self, store: Store, config: CoordinatorConfig) -> None:
+        self.store = store
+        self.config = config
+        now = time.time()
+        # A restarted coordinator gives every known node a full timeout to reconnect.
+        self.last_seen: dict[int, float] = {row["id"]: now for row in store.nodes()}
+        self._dirty: set[int] = set(self.last_seen)
+
+    def register(self, req: s.RegisterRequest) -> s.RegisterResponse:
+        """Add (or take back) a node. Raises VersionMismatchError, ConflictError when full."""
+        require_same_versions(self.config.versions, req.versions)
+        now = time.time()
+        node_id, name, slot = self.store.register_node(
+            name=req.name, node_key=req.node_key, address=req.address, interface=req.interface,
+            hardware=dumps(req.hardware.model_dump()), versions=dumps(req.versions.model_dump()),
+            speed=req.speed, now=now, max_nodes=MAX_NODES,
+        )
+        self.last_seen[node_id] = now
+        log.info("node %s registered (id %s, slot %s)", name, node_id, slot)
+        return s.RegisterResponse(node_id=node_id, name=name, slot=slot,
+                                  heartbeat_interval_s=self.config.heartbeat_interval_s,
+                                  lighthouse=self.config.lighthouse)
+
+    def node(self, node_id: int) -> Any:
+        node = self.store.node(node_id)
+        if node is None:
+            raise NotFoundError(f"unknown node {node_id}: register again")
+        return node
+
+    def leave(self, node_id: int) -> None:
+        node = self.node(node_id)
+        self.store.set_node_state(node_id, "left", f"{node['name']} left the cluster",
+                                  end_replicas=("stopped", "node left the cluster"))
+
+    def touch(self, node_id: int) -> Any:
+        """A heartbeat arrived. Returns the node's row when it was not alive (or unknown
+        here), else None; raises NotFoundError for a node the store does not know."""
+        if node_id not in self.last_seen:
+            self.node(node_id)
+        self.last_seen[node_id] = time.time()
+        self._dirty.add(node_id)
+        if self.store.node_state(node_id) != "alive":
+            node = self.node(node_id)
+            self.store.set_node_state(node_id, "alive", f"{node['name']} is back")
+            return node
+        return None
+
+    def info(self, row: Any, measured: float | None) -> s.NodeInfo:
+        node_id = row["id"]
+        return s.NodeInfo(
+            id=node_id, name=row["name"], slot=row["slot"], address=row["address"],
+            interface=row["interface"], hardware=s.Hardware(**loads(row["hardware"])),
+            versions=s.Versions(**loads(row["versions"])), speed=row["speed"],
+            measured_samples_per_s=measured if measured is not None else row["measured_sps"],
+            state=row["state"], last_heartbeat=self.last_seen.get(node_id, row["last_heartbeat"]),
+            joined_at=row["joined_at"],
+        )
+
+    def flush(self, measured: dict[int, float]) -> None:
+        self.store.save_node_liveness(
+            {i: self.last_seen[i] for i in self._dirty if i in self.last_seen}, measured)
+        self._dirty.clear()
+
+    def mark_lost(self, now: float) -> None:
+        timeout = self.config.node_timeout_s
+        for row in self.store.nodes():
+            if row["state"] == "alive" and now - self.last_seen.get(row["id"], 0) > timeout:
+                self.store.set_node_state(
+                    row["id"], "lost", f"{row['name']} lost (no heartbeat for {timeout:.0f} s)",
+                    end_replicas=("lost", "node stopped heartbeating"))

@@ -1,0 +1,136 @@
+"""What the replicas report: typed events folded into job progress, node speeds and summaries.
+
+Agents post their replicas' events (:mod:`potluck.contracts.events`, validated at the API);
+each is stored once (SQLite and ``experiments/job-N/replicas/<node>.jsonl``) and folded into
+the job's live :class:`~potluck.contracts.wire.JobProgress` and the node's measured
+samples/s. Progress is kept in memory and flushed once a second.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from potluck.contracts import wire as s
+from potluck.contracts.events import AllocationEvent, DoneEvent, StepEvent, event_json
+from potluck.coordinator.store import Store, dumps, loads
+
+
+class Telemetry:
+    def __init__(self, store: Store, experiments: Path) -> None:
+        self.store = store
+        self.experiments = experiments
+        self.measured: dict[int, float] = {}
+        """Node id -> smoothed samples/s of its replica's compute."""
+        self.progress: dict[int, s.JobProgress] = {
+            row["id"]: s.JobProgress(**(loads(row["progress"]) or {}))
+            for row in store.jobs_in("queued", "running")
+        }
+        self.first_done_at: dict[int, float] = {}
+        """Job id -> when its first replica reported done."""
+        self._dirty: set[int] = set()
+        self._slot_names: dict[str, str] = {}
+
+    def run_dir(self, job_id: int) -> Path:
+        return self.experiments / f"job-{job_id}"
+
+    def ingest(self, node: Any, job_id: int, events: list[BaseModel]) -> int:
+        """Store a batch of one node's events and fold them in; returns how many were stored."""
+        progress = self.progress.setdefault(job_id, s.JobProgress())
+        rows = []
+        done = None
+        for event in events:
+            line = event_json(event)
+            rows.append((str(getattr(event, "type", "unknown")), getattr(event, "step", None), line))
+            self._fold(progress, node["id"], event)
+            if isinstance(event, DoneEvent):
+                done = line
+                self.first_done_at.setdefault(job_id, time.time())
+        self._dirty.add(job_id)
+        self.store.add_metrics(job_id, node["id"], rows, done)
+        path = self.run_dir(job_id) / "replicas" / f"{node['name']}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as fh:
+            fh.writelines(line + "\n" for _, _, line in rows)
+        return len(rows)
+
+    def _fold(self, progress: s.JobProgress, node_id: int, event: BaseModel) -> None:
+        if isinstance(event, StepEvent) and event.committed:
+            if event.step >= progress.step:
+                progress.step = event.step
+                progress.loss = event.loss if event.loss is not None else progress.loss
+                progress.samples_per_s = event.samples_per_s or progress.samples_per_s
+                progress.participants = event.participants
+            if event.compute_s > 0:
+                rate = event.local_batch / event.compute_s
+                old = self.measured.get(node_id)
+                self.measured[node_id] = rate if old is None else 0.8 * old + 0.2 * rate
+        # Allocation events and committed steps both carry the allocation in force.
+        alloc = None
+        if isinstance(event, AllocationEvent):
+            alloc = event.allocation
+        elif isinstance(event, StepEvent) and event.committed:
+            alloc = event.allocation
+        if alloc:
+            total = sum(alloc.values()) or 1
+            if any(slot not in self._slot_names for slot in alloc):
+                self._slot_names = {str(r["slot"]): r["name"] for r in self.store.nodes()}
+            progress.shares = {self._slot_names.get(slot, f"slot {slot}"): round(b / total, 4)
+                               for slot, b in alloc.items()}
+
+    def flush(self) -> None:
+        self.store.save_progress({j: dumps(self.progress[j].model_dump())
+                                  for j in self._dirty if j in self.progress})
+        self._dirty.clear()
+
+    def progress_of(self, job_id: int, row: Any) -> s.JobProgress:
+        return self.progress.get(job_id) or s.JobProgress(**(loads(row["progress"]) or {}))
+
+    def forget(self, job_id: int) -> s.JobProgress | None:
+        """The job ended: drop its live state, return its last progress."""
+        self.first_done_at.pop(job_id, None)
+        return self.progress.pop(job_id, None)
+
+    def summarize(self, job_id: int, state: str) -> s.JobSummary:
+        """Final numbers of a job from its stored events.
+
+        ``compute_fraction`` is the fraction of replica step time spent computing (the rest
+        is communication and waiting for slower peers), averaged over committed steps.
+        """
+        replicas = self.store.replicas(job_id)
+        done = [DoneEvent.model_validate_json(r["done"]) for r in replicas if r["done"]]
+        committed = [e for e in (StepEvent.model_validate_json(t)
+                                 for t in self.store.metric_records(job_id, "step")) if e.committed]
+        fractions = [e.compute_s / total for e in committed
+                     if e.comm_s is not None and e.wait_s is not None
+                     and (total := e.compute_s + e.comm_s + e.wait_s) > 0]
+
+        def mean(values: Sequence[float | None]) -> float | None:
+            good = [v for v in values if v is not None]
+            return sum(good) / len(good) if good else None
+
+        sps = mean([d.samples_per_s for d in done])
+        if sps is None:
+            sps = mean([e.samples_per_s for e in committed[-20:]])
+        last = max([e.step for e in committed] + [d.final_step for d in done], default=-1)
+        return s.JobSummary(
+            job_id=job_id,
+            state=state,  # type: ignore[arg-type]
+            nodes=sorted({r["node"] for r in replicas}),
+            steps=last + 1,
+            samples_per_s=sps,
+            compute_fraction=mean(fractions),
+            final_loss=mean([d.final_loss for d in done]),
+            test_accuracy=mean([d.test_accuracy for d in done]),
+            run_dir=str(self.run_dir(job_id)),
+        )
+
+    def write_summary(self, summary: s.JobSummary) -> None:
+        run_dir = self.run_dir(summary.job_id)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "summary.json").write_text(json.dumps(summary.model_dump(), indent=2) + "\n")
