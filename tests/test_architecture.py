@@ -101,3 +101,14 @@ def test_every_module_has_a_layer() -> None:
 )
 def test_the_checker_catches_violations(module: str, source: str, caught: bool) -> None:
     assert bool(violations(source, module, "fake.py")) is caught
+
+
+def test_the_cli_and_the_agent_start_without_importing_torch() -> None:
+    """torch takes seconds to import: commands that do not train must not pay for it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, potluck.cli.main, potluck.agent.node, potluck.coordinator.host; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

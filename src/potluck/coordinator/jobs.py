@@ -22,7 +22,6 @@ from potluck.coordinator.membership import Membership
 from potluck.coordinator.store import Store, dumps, loads
 from potluck.coordinator.telemetry import Telemetry
 from potluck.log import get_logger
-from potluck.recipes import check_spec
 
 log = get_logger("coordinator.jobs")
 
@@ -38,6 +37,10 @@ ORPHAN_TIMEOUT_S = 120.0
 
 def job_spec_from(raw: object) -> JobSpec:
     """A validated JobSpec from untrusted data, names checked. Raises ConfigError naming the field."""
+    # The kernel's registries import torch (seconds): only when a job is submitted, never
+    # when a CLI command or an agent merely imports the coordinator's modules.
+    from potluck.recipes import check_spec
+
     return check_spec(JobSpec.parse(raw))
 
 
