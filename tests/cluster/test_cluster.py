@@ -10,7 +10,6 @@ import subprocess
 import sys
 from typing import Any
 
-import pytest
 from cluster_helpers import free_port, wait_until
 
 from conftest import Cluster
@@ -117,48 +116,9 @@ def test_killed_agent_is_lost_then_rejoins_the_running_job(cluster: Cluster) -> 
     assert second[-1]["type"] == "done"
 
 
-def test_coordinator_restart_keeps_state_and_agents_reconnect(cluster: Cluster) -> None:
-    port, lh_port = free_port("127.0.0.2"), free_port("127.0.0.2")
-    ports = ("--port", str(port), "--lighthouse-port", str(lh_port))
-    host = cluster.start_host("127.0.0.2", *ports)
-    cluster.start_agent(host, "b", "127.0.0.3", 1.0)
-    cluster.start_agent(host, "c", "127.0.0.4", 0.5)
-    wait_until(lambda: len(cluster.nodes()) == 2, 60, "two nodes to join")
-    first = cluster.cli("train", *JOB, "--steps", "10", "--config", job_yaml(cluster), "--json", timeout=120)
-    assert first.returncode == 0, first.stderr
-    first_id = json.loads(first.stdout)["job_id"]
-
-    assert cluster.stop(host["proc"]) == 0  # SIGTERM: a clean stop
-    assert not (cluster.host_dir / "host.json").exists()
-    down = cluster.cli("status")
-    assert down.returncode == 1 and "no running `potluck host`" in down.stderr
-
-    cluster.start_host("127.0.0.2", *ports, name="host-again")
-    nodes = cluster.nodes()
-    assert set(nodes) == {"b", "c"}  # remembered from SQLite
-    wait_until(lambda: all(n["state"] == "alive" for n in cluster.nodes().values()), 60,
-               "agents to reconnect by themselves")
-    assert job(cluster, first_id)["state"] == "succeeded"
-    assert "lost connection to the host" in (cluster.tmp / "agent-b.log").read_text()
-    second = cluster.cli("train", *JOB, "--steps", "10", "--config", job_yaml(cluster), "--json", timeout=120)
-    assert second.returncode == 0, second.stderr
-    assert json.loads(second.stdout)["nodes"] == ["b", "c"]
-    assert [j["id"] for j in cluster.json("jobs")] == [first_id + 1, first_id]
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT])
-def test_ctrl_c_leaves_the_cluster_cleanly(cluster: Cluster, sig: int) -> None:
-    host = cluster.start_host("127.0.0.2")
-    agent = cluster.start_agent(host, "b", "127.0.0.3", 1.0)
-    wait_until(lambda: cluster.nodes().get("b", {}).get("state") == "alive", 60, "b to join")
-    assert cluster.stop(agent, sig) == 0
-    assert cluster.nodes()["b"]["state"] == "left"
-    assert "b left the cluster" in (cluster.tmp / "agent-b.log").read_text()
-
-
 def test_ctrl_c_in_train_offers_to_cancel_the_job(cluster: Cluster) -> None:
     host = cluster.start_host("127.0.0.2")
-    cluster.start_agent(host, "b", "127.0.0.3", 1.0)
+    agent = cluster.start_agent(host, "b", "127.0.0.3", 1.0)
     wait_until(lambda: cluster.nodes().get("b", {}).get("state") == "alive", 60, "b to join")
     log = (cluster.tmp / "train.log").open("wb")
     train = subprocess.Popen(
@@ -185,21 +145,40 @@ def test_ctrl_c_in_train_offers_to_cancel_the_job(cluster: Cluster) -> None:
     wait_until(lambda: "stopping the replica" in (cluster.tmp / "agent-b.log").read_text(), 30,
                "the agent to stop its replica")
     assert cluster.nodes()["b"]["state"] == "alive"
+    # Ctrl-C on the agent: it leaves the cluster cleanly.
+    assert cluster.stop(agent, signal.SIGINT) == 0
+    assert cluster.nodes()["b"]["state"] == "left"
+    assert "b left the cluster" in (cluster.tmp / "agent-b.log").read_text()
 
 
 def test_coordinator_restart_mid_job(cluster: Cluster) -> None:
-    """Replicas keep training while `potluck host` restarts (new Lighthouse on the same port)."""
+    """A clean stop of `potluck host` mid-job: state survives in SQLite, agents reconnect by
+    themselves, and the replicas keep training through it (new Lighthouse, same port)."""
     port, lh_port = free_port("127.0.0.2"), free_port("127.0.0.2")
     ports = ("--port", str(port), "--lighthouse-port", str(lh_port))
     host = cluster.start_host("127.0.0.2", *ports)
     cluster.start_agent(host, "b", "127.0.0.3", 1.0)
     cluster.start_agent(host, "c", "127.0.0.4", 0.5)
     wait_until(lambda: len(cluster.nodes()) == 2, 60, "two nodes to join")
+    first = cluster.cli("train", *JOB, "--steps", "10", "--config", job_yaml(cluster), "--json", timeout=120)
+    assert first.returncode == 0, first.stderr
+    first_id = json.loads(first.stdout)["job_id"]
     out = cluster.cli("train", *JOB, "--steps", "150", "--config", job_yaml(cluster), "--detach", "--json")
     job_id = json.loads(out.stdout)["job_id"]
     wait_until(lambda: job(cluster, job_id)["progress"]["step"] >= 10, 90, "training to reach step 10")
-    assert cluster.stop(host["proc"]) == 0
+
+    assert cluster.stop(host["proc"]) == 0  # SIGTERM: a clean stop
+    assert not (cluster.host_dir / "host.json").exists()
+    down = cluster.cli("status")
+    assert down.returncode == 1 and "no running `potluck host`" in down.stderr
+
     cluster.start_host("127.0.0.2", *ports, name="host-again")
+    assert set(cluster.nodes()) == {"b", "c"}  # remembered from SQLite
+    wait_until(lambda: all(n["state"] == "alive" for n in cluster.nodes().values()), 60,
+               "agents to reconnect by themselves")
+    assert job(cluster, first_id)["state"] == "succeeded"
+    assert "lost connection to the host" in (cluster.tmp / "agent-b.log").read_text()
+    assert [j["id"] for j in cluster.json("jobs")] == [job_id, first_id]
     final = wait_until(lambda: (j := job(cluster, job_id))["state"] in ("succeeded", "failed") and j, 150,
                        "the job to end")
     assert final["state"] == "succeeded", final

@@ -180,6 +180,7 @@ class Host:
                 threading.Thread(target=self._graceful, daemon=True).start()
 
             def _graceful(self) -> None:
+                host.coordinator.closing = True  # long polls answer now, not at a timeout
                 host._stop_local_agent()
                 self.should_exit = True
 

@@ -31,6 +31,8 @@ class Coordinator:
         self.membership = Membership(store, config)
         self.telemetry = Telemetry(store, config.state_dir / "experiments")
         self.lifecycle = Jobs(store, config, self.membership, self.telemetry)
+        self.closing = False
+        """Set when the host shuts down: long-polling routes return at once."""
         store.event("coordinator", "coordinator started")
 
     def info(self) -> s.ClusterInfo:

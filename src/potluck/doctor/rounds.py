@@ -152,7 +152,7 @@ class DoctorRounds:
         while True:
             task = self.task_for(node_id)
             remaining = deadline - time.monotonic()
-            if task is not None or remaining <= 0:
+            if task is not None or remaining <= 0 or self.coordinator.closing:
                 return task
             changed = self._changed
             try:
