@@ -13,6 +13,7 @@ from typing import Any
 from cluster_helpers import free_port, wait_until
 
 from conftest import Cluster
+from potluck.contracts.client import CoordinatorClient
 
 # Emulated devices: a speed-1.0 device computes a sample in 0.4 ms, so speeds show in timings.
 JOB = ["--model", "mlp", "--dataset", "digits", "--global-batch", "128", "--policy", "dynamic"]
@@ -78,20 +79,22 @@ def test_three_nodes_with_mixed_speeds_train_digits(cluster: Cluster) -> None:
 
 
 def test_killed_agent_is_lost_then_rejoins_the_running_job(cluster: Cluster) -> None:
+    """A machine vanishes mid-job (SIGKILL of its agent and replica) and comes back: the
+    others go on without it, and it is re-assigned the job and heals into the group. The job
+    is long on purpose and cancelled once that is shown, so no step count races the test."""
     host = cluster.start_host("127.0.0.2")
     cluster.start_agent(host, "b", "127.0.0.3", 1.0)
     c = cluster.start_agent(host, "c", "127.0.0.4", 0.5)
     wait_until(lambda: len(cluster.nodes()) == 2, 60, "two nodes to join")
 
-    out = cluster.cli("train", *JOB, "--steps", "600", "--config", job_yaml(cluster), "--detach", "--json")
+    out = cluster.cli("train", *JOB, "--steps", "100000", "--config", job_yaml(cluster), "--detach", "--json")
     assert out.returncode == 0, out.stderr
     job_id = json.loads(out.stdout)["job_id"]
     wait_until(lambda: job(cluster, job_id)["progress"]["step"] >= 15, 90, "training to reach step 15")
 
     cluster.stop(c, signal.SIGKILL)  # the machine vanishes; its replica dies with the agent
     wait_until(lambda: cluster.nodes()["c"]["state"] == "lost", 30, "node c to be marked lost")
-    status = cluster.cli("status")
-    assert "lost" in status.stdout
+    assert "lost" in cluster.cli("status").stdout
     step_at_loss = job(cluster, job_id)["progress"]["step"]
     wait_until(lambda: job(cluster, job_id)["progress"]["step"] >= step_at_loss + 10, 60,
                "training to go on without c")
@@ -99,21 +102,26 @@ def test_killed_agent_is_lost_then_rejoins_the_running_job(cluster: Cluster) -> 
 
     cluster.start_agent(host, "c", "127.0.0.4", 0.5)  # same state dir: same node, same slot
     wait_until(lambda: cluster.nodes()["c"]["state"] == "alive", 30, "node c to come back")
+    runs = cluster.tmp / "agent-c" / "runs" / f"job-{job_id}"
 
-    final = wait_until(lambda: (j := job(cluster, job_id))["state"] in ("succeeded", "failed") and j, 150,
-                       "the job to end")
-    assert final["state"] == "succeeded", final
+    def second_attempt() -> list[dict[str, Any]]:
+        path = runs / "attempt-2" / "replicas" / "c.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [json.loads(x) for x in lines if x.strip()]
+
+    def healed_steps() -> list[dict[str, Any]]:
+        return [r for r in second_attempt() if r["type"] == "step" and r["committed"]
+                and r["participants"] == 2]
+
+    wait_until(lambda: len(healed_steps()) >= 3, 90, "c to heal and train again")
+    # It healed from a peer: its first step back is far past 0, and the group is whole again.
+    assert healed_steps()[0]["step"] > step_at_loss
     events = cluster.cli("logs", str(job_id)).stdout
     assert "c lost" not in events  # node events are not job events
     assert "re-assigned to c" in events
-    replicas = {r["node"]: r for r in final["replicas"]}
-    assert replicas["c"]["state"] == "done" and replicas["b"]["state"] == "done"
-    # c's second replica trained after healing into the group: it wrote committed steps.
-    attempts = sorted((cluster.tmp / "agent-c" / "runs" / f"job-{job_id}").glob("attempt-*"))
-    assert len(attempts) == 2
-    second = [json.loads(x) for x in (attempts[1] / "replicas" / "c.jsonl").read_text().splitlines()]
-    assert any(r["type"] == "step" and r["committed"] for r in second)
-    assert second[-1]["type"] == "done"
+    assert len(sorted(runs.glob("attempt-*"))) == 2
+    with CoordinatorClient(host["url"], host["token"]) as client:
+        assert client.cancel(job_id).state == "cancelled"
 
 
 def test_ctrl_c_in_train_offers_to_cancel_the_job(cluster: Cluster) -> None:

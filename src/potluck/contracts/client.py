@@ -46,6 +46,12 @@ class CoordinatorClient:
     def close(self) -> None:
         self._http.close()
 
+    def __enter__(self) -> CoordinatorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _call(self, method: str, path: str, body: BaseModel | None = None, *,
               params: dict[str, Any] | None = None, timeout_s: float | None = None) -> Any:
         kwargs: dict[str, Any] = {}
