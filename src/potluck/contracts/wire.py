@@ -15,9 +15,10 @@ listener and reports what it measured).
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from potluck.contracts import events
 from potluck.contracts.jobspec import JobSpec
@@ -64,10 +65,20 @@ class RegisterRequest(Strict):
         min_length=16, max_length=128, description="random id the agent keeps across restarts"
     )
     address: str = Field(min_length=1, max_length=64)
-    interface: str | None = Field(default=None, max_length=32)
+    """The node's data-plane IP address (v4 or v6), as chosen by ``potluck join``."""
+    interface: str | None = Field(default=None, max_length=32, pattern=r"^[A-Za-z0-9_.:@-]+$")
     hardware: Hardware
     versions: Versions
     speed: float = Field(default=1.0, gt=0, le=1000, description="emulated speed factor")
+
+
+    @field_validator("address")
+    @classmethod
+    def _an_ip_address(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError("must be an IP address (v4 or v6), not a host name") from None
 
 
 class RegisterResponse(Strict):

@@ -9,11 +9,12 @@ transactions, cheaper than a hop through a thread pool.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -37,6 +38,9 @@ def _field_error(exc: RequestValidationError) -> str:
 Router = Callable[[Coordinator], APIRouter]
 """An extension of the API from a layer above the coordinator (e.g. the doctor's rounds)."""
 
+Id = Annotated[int, Path(ge=0, le=2**62)]
+"""A node or job id in a path: bounded, so no integer SQLite cannot hold reaches it."""
+
 
 def create_app(coordinator: Coordinator, token: str, *, tick_s: float = 1.0,
                routers: Sequence[Router] = ()) -> Any:
@@ -56,8 +60,12 @@ def create_app(coordinator: Coordinator, token: str, *, tick_s: float = 1.0,
                     log.exception("housekeeping failed")
 
         task = asyncio.create_task(housekeeping())
+        # Checking a submitted job needs the kernel's registries, which import torch
+        # (seconds): load them in the background now, not on the first submission.
+        warm = asyncio.create_task(asyncio.to_thread(importlib.import_module, "potluck.recipes"))
         yield
         task.cancel()
+        warm.cancel()
 
     api = FastAPI(title="potluck coordinator", lifespan=lifespan, docs_url=None, redoc_url=None)
 
@@ -86,16 +94,16 @@ def create_app(coordinator: Coordinator, token: str, *, tick_s: float = 1.0,
         return coordinator.nodes()
 
     @api.post("/api/v1/nodes/{node_id}/heartbeat")
-    async def heartbeat(node_id: int, req: s.HeartbeatRequest) -> s.HeartbeatResponse:
+    async def heartbeat(node_id: Id, req: s.HeartbeatRequest) -> s.HeartbeatResponse:
         return coordinator.heartbeat(node_id, req)
 
     @api.post("/api/v1/nodes/{node_id}/leave")
-    async def leave(node_id: int) -> dict[str, str]:
+    async def leave(node_id: Id) -> dict[str, str]:
         coordinator.leave(node_id)
         return {"status": "left"}
 
     @api.post("/api/v1/nodes/{node_id}/jobs/{job_id}/metrics")
-    async def metrics(node_id: int, job_id: int, req: s.MetricsRequest) -> dict[str, int]:
+    async def metrics(node_id: Id, job_id: Id, req: s.MetricsRequest) -> dict[str, int]:
         return {"stored": coordinator.metrics(node_id, job_id, req)}
 
     @api.post("/api/v1/jobs", status_code=201)
@@ -107,15 +115,15 @@ def create_app(coordinator: Coordinator, token: str, *, tick_s: float = 1.0,
         return coordinator.jobs()
 
     @api.get("/api/v1/jobs/{job_id}")
-    async def job(job_id: int) -> s.JobInfo:
+    async def job(job_id: Id) -> s.JobInfo:
         return coordinator.job_info(job_id)
 
     @api.post("/api/v1/jobs/{job_id}/cancel")
-    async def cancel(job_id: int) -> s.JobInfo:
+    async def cancel(job_id: Id) -> s.JobInfo:
         return coordinator.cancel(job_id)
 
     @api.get("/api/v1/jobs/{job_id}/events")
-    async def events(job_id: int, after: int = 0) -> list[s.LogEntry]:
+    async def events(job_id: Id, after: Annotated[int, Query(ge=0, le=2**62)] = 0) -> list[s.LogEntry]:
         return coordinator.events(job_id, after)
 
     for router in routers:

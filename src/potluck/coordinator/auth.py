@@ -11,6 +11,7 @@ import hmac
 import json
 import os
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +71,52 @@ def token_matches(expected: str, authorization: str | None) -> bool:
     return hmac.compare_digest(value.strip().encode(), expected.encode())
 
 
-class TokenMiddleware:
-    """ASGI middleware: every ``/api/`` request needs the bearer token, else 401."""
+MAX_BODY_BYTES = 4 * 2**20
+"""Largest request body the API reads (a full metrics batch is well under 1 MiB)."""
 
-    def __init__(self, app: Any, token: str) -> None:
+
+async def _reply(send: Any, status: int, detail: str,
+                 extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *extra]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class TokenMiddleware:
+    """ASGI middleware: every ``/api/`` request needs the bearer token, else 401, checked
+    before the body is read; a body larger than ``MAX_BODY_BYTES`` is refused with 413
+    without being read whole."""
+
+    def __init__(self, app: Any, token: str, max_body: int = MAX_BODY_BYTES) -> None:
         self.app = app
         self.token = token
+        self.max_body = max_body
+
+    async def _limited(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
+                await _reply(send, 413, f"request body over {self.max_body} bytes")
+                return
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await _reply(send, 413, f"request body over {self.max_body} bytes")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/api/"):
@@ -87,7 +128,7 @@ class TokenMiddleware:
                 header = value.decode("latin-1")
                 break
         if token_matches(self.token, header):
-            await self.app(scope, receive, send)
+            await self._limited(scope, receive, send)
             return
         detail = (
             "missing token: pass --token (or set POTLUCK_TOKEN) with the token printed by "
@@ -96,16 +137,4 @@ class TokenMiddleware:
             else "wrong token: use the token printed by `potluck host` (it is also in the host's "
             "state dir, file `token`)"
         )
-        body = json.dumps({"detail": detail}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b"Bearer"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _reply(send, 401, detail, [(b"www-authenticate", b"Bearer")])

@@ -17,11 +17,13 @@ import asyncio
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from potluck.contracts import wire as d
 from potluck.contracts.errors import ConfigError, NotFoundError
+from potluck.coordinator.app import Id
 from potluck.coordinator.service import Coordinator
 from potluck.doctor.network import link_from_probe
 from potluck.net.probe import LinkProbe
@@ -231,21 +233,21 @@ def doctor_router(coordinator: Coordinator) -> APIRouter:
         return r.info(r.start(req.mode))
 
     @router.get("/runs/{run_id}")
-    async def run(run_id: int) -> d.RunInfo:
+    async def run(run_id: Id) -> d.RunInfo:
         r = get()
         return r.info(r.run(run_id))
 
     @router.get("/tasks/{node_id}")
-    async def task(node_id: int, wait: float = 0.0) -> d.TaskResponse:
+    async def task(node_id: Id, wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0) -> d.TaskResponse:
         return d.TaskResponse(task=await get().wait_task(node_id, max(0.0, wait)))
 
     @router.post("/runs/{run_id}/listening")
-    async def listening(run_id: int, req: d.Listening) -> dict[str, str]:
+    async def listening(run_id: Id, req: d.Listening) -> dict[str, str]:
         get().listening(run_id, req)
         return {"status": "ok"}
 
     @router.post("/runs/{run_id}/probed")
-    async def probed(run_id: int, req: d.Probed) -> dict[str, str]:
+    async def probed(run_id: Id, req: d.Probed) -> dict[str, str]:
         get().probed(run_id, req)
         return {"status": "ok"}
 
