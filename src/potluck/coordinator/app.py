@@ -9,8 +9,8 @@ transactions, cheaper than a hop through a thread pool.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import contextlib
+import importlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any
 
