@@ -142,13 +142,13 @@ def host(
             _print_json({"url": config.url, "advertise": choice.address, "port": config.port,
                          "lighthouse_port": config.lighthouse_port, "state_dir": str(sd), "join": join})
             return
-        console.print(f"[bold green]potluck host[/] at {config.url} ({choice.reason})")
+        console.print(f"[bold green]potluck host[/] at {escape(config.url)} ({escape(choice.reason)})")
         if choice.kind.value == "loopback":
             console.print("[yellow]advertising a loopback address: only this machine can join[/]")
-        console.print(f"state dir {sd}; Lighthouse on port {config.lighthouse_port}; "
+        console.print(f"state dir {escape(str(sd))}; Lighthouse on port {config.lighthouse_port}; "
                       f"local agent {'off' if no_local_agent else 'on'}")
         console.print("On each friend's machine run:")
-        console.print(f"  {join}", soft_wrap=True)
+        console.print(f"  {join}", soft_wrap=True, markup=False)
         console.print("Ctrl-C stops the host.")
 
     the_host.serve(on_ready=ready)
@@ -216,13 +216,14 @@ def join(
         err.print(view.versions_table(exc.diffs))
         raise
     console.print(
-        f"[bold green]joined[/] {agent.config.url} as [bold]{reg.name}[/] (slot {reg.slot}) "
-        f"from {choice.address} via {choice.interface or '?'}; waiting for jobs. Ctrl-C leaves."
+        f"[bold green]joined[/] {escape(agent.config.url)} as [bold]{escape(reg.name)}[/] "
+        f"(slot {reg.slot}) from {escape(choice.address)} via {escape(choice.interface or '?')}; "
+        "waiting for jobs. Ctrl-C leaves."
     )
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     agent.run()
-    console.print(f"{reg.name} left the cluster")
+    console.print(f"{reg.name} left the cluster", markup=False)
 
 
 # status / jobs / logs -------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from potluck.contracts import wire as s
@@ -41,14 +42,14 @@ def nodes_table(nodes: list[s.NodeInfo]) -> Table:
             measured += f" (emulated x{n.speed:g})"
         v = n.versions
         table.add_row(
-            n.name,
-            f"{n.address}" + (f" {n.interface}" if n.interface else ""),
-            devices(n.hardware),
+            escape(n.name),
+            escape(f"{n.address}" + (f" {n.interface}" if n.interface else "")),
+            escape(devices(n.hardware)),
             f"{n.hardware.memory_mb / 1024:.1f} GiB",
             measured,
             f"[{STATE_STYLE.get(n.state, '')}]{n.state}[/]",
             ago(n.last_heartbeat),
-            f"{v.python}/{v.torch}/{v.torchft}/{v.potluck}",
+            escape(f"{v.python}/{v.torch}/{v.torchft}/{v.potluck}"),
         )
     return table
 
@@ -63,9 +64,9 @@ def jobs_table(jobs: list[s.JobInfo]) -> Table:
         sps = summ.samples_per_s if summ and summ.samples_per_s is not None else j.progress.samples_per_s
         table.add_row(
             str(j.id),
-            j.name,
+            escape(j.name),
             f"[{STATE_STYLE.get(j.state, '')}]{j.state}[/]",
-            ", ".join(sorted({r.node for r in j.replicas})) or "-",
+            escape(", ".join(sorted({r.node for r in j.replicas})) or "-"),
             str(summ.steps if summ else j.progress.step),
             f"{loss:.4f}" if loss is not None else "-",
             f"{summ.test_accuracy:.3f}" if summ and summ.test_accuracy is not None else "-",
@@ -89,7 +90,7 @@ def summary_table(summary: s.JobSummary) -> Table:
         ("results", summary.run_dir),
     ]
     for what, value in rows:
-        table.add_row(what, str(value))
+        table.add_row(what, escape(str(value)))
     return table
 
 
@@ -98,7 +99,8 @@ def versions_table(diffs: list[dict[str, str]]) -> Table:
     for col in ("component", "host", "this node", "fix"):
         table.add_column(col)
     for d in diffs:
-        table.add_row(d["component"], d["host"], f"[red]{d['node']}[/]", d["fix"])
+        table.add_row(escape(d["component"]), escape(d["host"]), f"[red]{escape(d['node'])}[/]",
+                      escape(d["fix"]))
     return table
 
 
@@ -129,4 +131,4 @@ def progress_text(job: s.JobInfo) -> str:
         parts.append(f"{p.samples_per_s:,.0f} samples/s")
     if p.shares:
         parts.append(" ".join(f"{name} {share:.0%}" for name, share in sorted(p.shares.items())))
-    return " | ".join(parts)
+    return escape(" | ".join(parts))

@@ -11,6 +11,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from potluck import __version__
 from potluck.contracts.errors import PotluckError
@@ -63,7 +64,7 @@ for _name in COMMAND_MODULES:
 
 
 def error_line(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", markup=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True)
 
 
 def main(argv: list[str] | None = None) -> None:
