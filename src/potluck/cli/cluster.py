@@ -126,6 +126,7 @@ def host(
     the_token = load_or_create_token(sd, token)
     agent_args = ["--name", name] if name else []
     if emulate_speed is not None:
+        check_speed(emulate_speed)
         agent_args += ["--emulate-speed", str(emulate_speed)]
     if allow_public:
         agent_args.append("--allow-public")
@@ -186,8 +187,7 @@ def join(
 
     if not token:
         raise AuthError("missing token: pass --token or set POTLUCK_TOKEN (printed by `potluck host`)")
-    if not (emulate_speed > 0 and emulate_speed < 1000):
-        raise ConfigError(f"--emulate-speed must be in (0, 1000), got {emulate_speed}")
+    check_speed(emulate_speed)
     if threads < 0:
         raise ConfigError(f"--threads must be >= 0, got {threads}")
     addr, port = net.split_host_port(host_addr, DEFAULT_PORT)
@@ -292,6 +292,13 @@ def logs(
 
 
 # train ----------------------------------------------------------------------------------------
+
+
+def check_speed(speed: float) -> None:
+    """``--emulate-speed`` must be a finite factor in (0, 1000). Raises ConfigError."""
+    if not 0 < speed < 1000:
+        raise ConfigError(f"--emulate-speed must be in (0, 1000), got {speed} (0.25 behaves "
+                          "like a device 4x slower)")
 
 
 def _job_config(config_file: Path | None, flags: dict[str, Any]) -> JobSpec:
