@@ -26,6 +26,7 @@ from potluck.contracts.addressing import http_url
 from potluck.contracts.errors import ConflictError, NotFoundError
 from potluck.contracts.jobspec import JobSpec
 from potluck.contracts.versions import require_same_versions
+from potluck.coordinator.job_secrets import job_secret, load_or_create_job_key
 from potluck.coordinator.store import Store, dumps, loads
 from potluck.log import get_logger
 from potluck.recipes import check_spec
@@ -90,6 +91,7 @@ class Coordinator:
         self.store = store
         self.config = config
         self.experiments = config.state_dir / "experiments"
+        self._job_key = load_or_create_job_key(config.state_dir)
         now = time.time()
         # A restarted coordinator gives every known node a full timeout to reconnect.
         self._last_seen: dict[int, float] = {row["id"]: now for row in store.nodes()}
@@ -331,6 +333,7 @@ class Coordinator:
             lighthouse=self.config.lighthouse,
             job=config,
             go=job["id"] in self._released,
+            secret=job_secret(self._job_key, job["id"], job["created_at"]),
         )
 
     # metrics -------------------------------------------------------------------------------
