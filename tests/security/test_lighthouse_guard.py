@@ -134,6 +134,29 @@ def test_quorum_passes_and_the_status_page_does_not(guarded: GuardedLighthouse) 
     assert b"member_0" in page
 
 
+def test_guard_on_ipv6_loopback() -> None:
+    """An IPv6 advertised address: the guard listens there, the Lighthouse on ``::1``."""
+    import socket as _socket
+
+    from torchft.coordination import LighthouseClient
+
+    from potluck.trainer.ft import start_lighthouse
+
+    try:
+        with _socket.socket(_socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    lh = GuardedLighthouse(start_lighthouse("::1", 0, min_replicas=1), listen=("::1", 0))
+    try:
+        assert lh.address().startswith("http://[::1]:")
+        client = LighthouseClient(lh.address(), connect_timeout=timedelta(seconds=5))
+        client.heartbeat("member_0")
+        assert _h1(("::1", lh.port), "POST", "/replica/member_0/kill")[0] == 403
+    finally:
+        lh.shutdown()
+
+
 def _has_headers_frame(data: bytes, stream: int) -> bool:
     i = 0
     while i + 9 <= len(data):

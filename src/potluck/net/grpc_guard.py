@@ -50,6 +50,7 @@ _DATA, _HEADERS, _PRIORITY, _RST, _SETTINGS, _PUSH, _PING, _GOAWAY, _WINDOW, _CO
 _END_HEADERS, _PADDED, _PRIORITY_FLAG = 0x4, 0x8, 0x20
 _MAX_FRAME = 1 << 24
 _MAX_BLOCK = 64 * 1024
+_PREFACE_TIMEOUT_S = 10.0
 _REFUSAL = (b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nConnection: close\r\n"
             b"Content-Length: 41\r\n\r\nonly gRPC to the Lighthouse API is served\n")
 
@@ -114,7 +115,10 @@ class _Connection:
         try:
             host, port = self.client.getpeername()[:2]
             peer = f"{host}:{port}"
+            # A client that connects and says nothing must not hold a thread for ever.
+            self.client.settimeout(_PREFACE_TIMEOUT_S)
             first = _read_exact(self.client, len(PREFACE))
+            self.client.settimeout(None)  # gRPC streams may idle between heartbeats
             if first != PREFACE:
                 self.client.sendall(_REFUSAL)
                 raise Refused("not an HTTP/2 gRPC client (HTTP/1.x request)")
@@ -124,6 +128,8 @@ class _Connection:
             self.server.sendall(PREFACE)
             threading.Thread(target=self._copy_back, daemon=True, name="grpc-guard-back").start()
             decoder = Decoder()
+            # We check, the server enforces: accept any table size the server may allow.
+            decoder.max_allowed_table_size = _MAX_BLOCK
             opened: set[int] = set()
             block = bytearray()
             block_stream: int | None = None
