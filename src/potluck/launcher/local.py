@@ -17,6 +17,7 @@ from potluck.contracts.addressing import http_url
 from potluck.contracts.errors import TrainingError
 from potluck.contracts.jobspec import JobSpec, ReplicaSpec, TestHooks
 from potluck.launcher.process import spawn_replica, write_spec
+from potluck.net.grpc_guard import GuardedLighthouse, loopback_for
 from potluck.trainer.ft import lighthouse_port, start_lighthouse
 from potluck.trainer.sinks import read_jsonl
 from potluck.trainer.trust import new_job_secret
@@ -67,7 +68,9 @@ class LocalCluster:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "specs").mkdir(exist_ok=True)
         (self.run_dir / "replicas").mkdir(exist_ok=True)
-        self.lighthouse = start_lighthouse(self.host, 0)
+        # The real Lighthouse on loopback; replicas reach it through the gRPC-only guard.
+        self.lighthouse = GuardedLighthouse(start_lighthouse(loopback_for(self.host), 0),
+                                            listen=(self.host, 0))
         for slot in range(len(self.speeds)):
             self._spawn(self.spec(slot))
 
