@@ -67,12 +67,13 @@ def test_rogue_quorum_member_gets_nothing_and_runs_nothing(tmp_path: Path, mode:
 
 def test_checkpoint_server_refuses_requests_without_the_secret(tmp_path: Path) -> None:
     """Straight to a real replica's checkpoint server: no proof, no state (403)."""
+    import urllib.error
+    import urllib.request
+    from datetime import timedelta
+
     import torch
 
     from potluck.trainer.checkpoint import SecureCheckpointTransport, request_auth
-    from datetime import timedelta
-    import urllib.error
-    import urllib.request
 
     alerts: list[str] = []
     t = SecureCheckpointTransport(bind_host="127.0.0.1", advertise_host="127.0.0.1",

@@ -79,7 +79,7 @@ def _classes() -> tuple[type, type]:
 
             pg = ProcessGroup(store, rank, world_size)
             pg._set_default_backend(ProcessGroup.BackendType.GLOO)
-            opts = BaseGloo._Options()
+            opts = BaseGloo._Options()  # type: ignore[attr-defined]
             opts._timeout = self._timeout
             opts._devices = [BaseGloo.create_device(hostname=self.bind_host)]
             backend = BaseGloo(store, rank, world_size, opts)
@@ -87,8 +87,9 @@ def _classes() -> tuple[type, type]:
             if self._global_ranks:
                 backend.options.global_ranks_in_group = self._global_ranks
             if self._group_rank and self._group_world_size:
-                backend.options.group_name = (f"torchft_quorum_{self._quorum_id}_rank_"
-                                              f"{self._group_rank % self._group_world_size}")
+                name = (f"torchft_quorum_{self._quorum_id}_rank_"
+                        f"{self._group_rank % self._group_world_size}")
+                backend.options.group_name = name  # type: ignore[assignment]
             import torch
 
             pg._register_backend(torch.device("cpu"), ProcessGroup.BackendType.GLOO, backend)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TAG_CHARS = 16
-_ID = re.compile(r"^(?P<name>.*)\.(?P<tag>[0-9a-f]{%d})_(?P<slot>\d+)$" % TAG_CHARS)
+_ID = re.compile(rf"^(?P<name>.*)\.(?P<tag>[0-9a-f]{{{TAG_CHARS}}})_(?P<slot>\d+)$")
 
 
 def new_job_secret() -> str:
