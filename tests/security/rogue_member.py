@@ -23,7 +23,7 @@ from typing import Any
 from torch.distributed import TCPStore
 from torchft.checkpointing.http_transport import HTTPTransport
 from torchft.manager import Manager
-from torchft.process_group import ProcessGroupDummy
+from torchft.process_group import ProcessGroupGloo
 
 mode, lighthouse, out, seconds = sys.argv[1], sys.argv[2], Path(sys.argv[3]), float(sys.argv[4])
 
@@ -47,7 +47,7 @@ def stolen(state: Any) -> None:
 store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
 timeout = timedelta(seconds=5)
 manager = Manager(
-    pg=ProcessGroupDummy(0, 1), load_state_dict=stolen, state_dict=lambda: {},
+    pg=ProcessGroupGloo(timeout=timedelta(seconds=5)), load_state_dict=stolen, state_dict=lambda: {},
     min_replica_size=1, use_async_quorum=False, timeout=timeout,
     quorum_timeout=timedelta(seconds=10), connect_timeout=timedelta(seconds=5),
     rank=0, world_size=1, store_addr="127.0.0.1", store_port=store.port,
