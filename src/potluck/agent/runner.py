@@ -18,7 +18,7 @@ from typing import Any
 
 from potluck.contracts.jobspec import ReplicaSpec
 from potluck.contracts.wire import Assignment, ReplicaReport
-from potluck.launcher.process import spawn_replica
+from potluck.launcher.process import spawn_replica, write_spec
 from potluck.log import get_logger
 from potluck.trainer.sinks import JsonlTail
 
@@ -81,6 +81,7 @@ class ReplicaRunner:
             device=settings.device,
             threads=settings.threads,
             start_barrier=0 if assignment.go else 2,
+            secret=assignment.secret,
         )
         self._ready_dir = self.run_dir / "ready"
         self.waiting = not assignment.go
@@ -90,7 +91,7 @@ class ReplicaRunner:
         self._done = False
         self._last_step: int | None = None
         spec_path = self.run_dir / "spec.json"
-        spec_path.write_text(self.spec.to_json())
+        write_spec(spec_path, self.spec.to_json())
         env = replica_env(settings)
         # For `potluck doctor` and humans: which interface this replica was pinned to.
         pins = {k: v for k, v in env.items() if k.endswith("_SOCKET_IFNAME")}

@@ -98,13 +98,21 @@ class DoneEvent(_Event):
     params_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
-Event = Annotated[StepEvent | AllocationEvent | MembershipEvent | DoneEvent,
+class AlertEvent(_Event):
+    """Something a replica refused for safety: a quorum member without the job's tag, a
+    checkpoint request or a recovery source without the job's secret."""
+
+    type: Literal["alert"] = "alert"
+    message: str = Field(min_length=1, max_length=1000)
+
+
+Event = Annotated[StepEvent | AllocationEvent | MembershipEvent | DoneEvent | AlertEvent,
                   Field(discriminator="type")]
-EVENT_TYPES = ("step", "allocation", "membership", "done")
+EVENT_TYPES = ("step", "allocation", "membership", "done", "alert")
 _adapter: TypeAdapter[Any] = TypeAdapter(Event)
 
 
-def parse_event(raw: Any) -> StepEvent | AllocationEvent | MembershipEvent | DoneEvent:
+def parse_event(raw: Any) -> StepEvent | AllocationEvent | MembershipEvent | DoneEvent | AlertEvent:
     """One event from untrusted JSON data. Raises ConfigError naming the bad field."""
     try:
         return _adapter.validate_python(raw)
@@ -122,5 +130,5 @@ def event_json(event: BaseModel) -> str:
     return event.model_dump_json(exclude_none=True)
 
 
-__all__ = ["Event", "StepEvent", "AllocationEvent", "MembershipEvent", "DoneEvent",
+__all__ = ["Event", "StepEvent", "AllocationEvent", "MembershipEvent", "DoneEvent", "AlertEvent",
            "EVENT_TYPES", "EVENT_VERSION", "parse_event", "finite", "event_json"]

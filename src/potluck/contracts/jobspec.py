@@ -329,6 +329,10 @@ class ReplicaSpec(Section):
     """Processes in this replica group."""
     hooks: TestHooks = Field(default_factory=TestHooks)
     """Tests only: failure injection and extra recording."""
+    secret: str | None = Field(default=None, min_length=32, max_length=256, repr=False)
+    """The job's secret (from the coordinator's Assignment, or made by LocalCluster): tags this
+    replica's torchft id and authenticates recovery checkpoints. Never part of the JobSpec;
+    None disables both (tests of one process only). See docs/security.md."""
 
     def model_post_init(self, _: Any) -> None:
         if self.slot >= self.job.fault.max_replicas:

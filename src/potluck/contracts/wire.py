@@ -117,6 +117,9 @@ class Assignment(Strict):
     go: bool = True
     """False while the job waits for all first replicas to be ready (the start barrier), so
     the first quorum holds every node; a replica started with ``go`` False waits for it."""
+    secret: str | None = Field(default=None, min_length=32, max_length=256, repr=False)
+    """The job's secret for its replicas (ReplicaSpec.secret); only in this authenticated
+    answer to the node's own heartbeat, never in the JobSpec or any listing."""
 
 
 class HeartbeatResponse(Strict):

@@ -18,6 +18,7 @@ from potluck.contracts import wire as s
 from potluck.contracts.errors import ConflictError, NotFoundError
 from potluck.contracts.jobspec import JobSpec
 from potluck.coordinator.config import CoordinatorConfig
+from potluck.coordinator.job_secrets import job_secret, load_or_create_job_key
 from potluck.coordinator.membership import Membership
 from potluck.coordinator.store import Store, dumps, loads
 from potluck.coordinator.telemetry import Telemetry
@@ -57,6 +58,7 @@ class Jobs:
         self.telemetry = telemetry
         # Jobs whose start barrier is released; a restarted coordinator releases running jobs.
         self.released: set[int] = {r["id"] for r in store.jobs_in("running")}
+        self._job_key = load_or_create_job_key(config.state_dir)
         self._no_active_since: dict[int, float] = {}
 
     # queries -------------------------------------------------------------------------------
@@ -167,7 +169,8 @@ class Jobs:
                                       f"{verb} to {node['name']} (slot {node['slot']})")
         return s.Assignment(job_id=job["id"], slot=node["slot"], name=node["name"],
                             lighthouse=self.config.lighthouse, job=config,
-                            go=job["id"] in self.released)
+                            go=job["id"] in self.released,
+                            secret=job_secret(self._job_key, job["id"], job["created_at"]))
 
     # ending --------------------------------------------------------------------------------
 

@@ -47,25 +47,29 @@ def check_port_free(address: str, port: int, what: str, flag: str) -> None:
 
 
 class Lighthouse:
-    """A running torchft ``LighthouseServer`` bound to one address."""
+    """A running torchft ``LighthouseServer`` on loopback, reachable on ``address`` only
+    through a gRPC-only guard (its status page, with the unauthenticated kill button, is not
+    served to the network; see docs/security.md)."""
 
     def __init__(self, address: str, port: int, settings: LighthouseSettings) -> None:
         check_port_free(address, port, "lighthouse", "--lighthouse-port")
         # Heavy (imports torch and torchft): here, once, never on the API's request path.
+        from potluck.coordinator.lighthouse_guard import GuardedLighthouse, loopback_for
         from potluck.trainer.ft import lighthouse_port, start_lighthouse
 
         try:
-            self._server: Any = start_lighthouse(
-                address, port,
+            server = start_lighthouse(
+                loopback_for(address), 0,
                 min_replicas=settings.min_replicas,
                 join_timeout_ms=settings.join_timeout_ms,
                 heartbeat_timeout_ms=settings.heartbeat_timeout_ms,
             )
-        except RuntimeError as exc:  # the Rust side raises a plain RuntimeError
+            self._server: Any = GuardedLighthouse(server, listen=(address, port))
+        except (RuntimeError, OSError) as exc:  # the Rust side raises a plain RuntimeError
             # The port was free a moment ago (checked above), so this is not "in use" unless
-            # the message says so.
-            error = PortInUseError if "in use" in str(exc).lower() else ClusterError
-            raise error(
+            # the error says so.
+            in_use = "in use" in str(exc).lower() or getattr(exc, "errno", None) == errno.EADDRINUSE
+            raise (PortInUseError if in_use else ClusterError)(
                 f"cannot start the torchft lighthouse on {address}:{port} ({exc}); "
                 "see the host log, or pass --lighthouse-port with another port"
             ) from exc

@@ -16,9 +16,11 @@ from typing import Any
 from potluck.contracts.addressing import http_url
 from potluck.contracts.errors import TrainingError
 from potluck.contracts.jobspec import JobSpec, ReplicaSpec, TestHooks
-from potluck.launcher.process import spawn_replica
+from potluck.launcher.process import spawn_replica, write_spec
+from potluck.coordinator.lighthouse_guard import GuardedLighthouse, loopback_for
 from potluck.trainer.ft import lighthouse_port, start_lighthouse
 from potluck.trainer.sinks import read_jsonl
+from potluck.trainer.trust import new_job_secret
 
 
 class LocalCluster:
@@ -40,6 +42,7 @@ class LocalCluster:
         self.speed_changes = dict(speed_changes or {})
         self.procs: dict[int, subprocess.Popen] = {}
         self.lighthouse: Any = None
+        self.secret = new_job_secret()
 
     def name(self, slot: int) -> str:
         return f"node{slot}"
@@ -50,7 +53,7 @@ class LocalCluster:
             run_dir=str(self.run_dir), advertise_host=self.host, speed=self.speeds[slot],
             save_model=self.save_model if slot == 0 else None,
             memory_cap=self.memory_caps.get(slot),
-            start_barrier=len(self.speeds),
+            start_barrier=len(self.speeds), secret=self.secret,
             hooks=TestHooks(record_indices=self.record_indices,
                             fail_at_step=self.fail_at.get(slot) if fail else None,
                             speed_changes=[(int(a), float(b)) for a, b in self.speed_changes.get(slot, [])]),
@@ -65,13 +68,15 @@ class LocalCluster:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "specs").mkdir(exist_ok=True)
         (self.run_dir / "replicas").mkdir(exist_ok=True)
-        self.lighthouse = start_lighthouse(self.host, 0)
+        # The real Lighthouse on loopback; replicas reach it through the gRPC-only guard.
+        self.lighthouse = GuardedLighthouse(start_lighthouse(loopback_for(self.host), 0),
+                                            listen=(self.host, 0))
         for slot in range(len(self.speeds)):
             self._spawn(self.spec(slot))
 
     def _spawn(self, spec: ReplicaSpec) -> None:
         path = self.run_dir / "specs" / f"{spec.name}.json"
-        path.write_text(spec.to_json())
+        write_spec(path, spec.to_json())
         self.procs[spec.slot] = spawn_replica(
             path, self.run_dir / "replicas" / f"{spec.name}.log",
             env={**os.environ, "PYTHONUNBUFFERED": "1"},

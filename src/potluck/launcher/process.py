@@ -23,6 +23,14 @@ def _detach_and_die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def write_spec(path: Path, text: str) -> None:
+    """Write a replica spec readable by its owner only: it holds the job's secret."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(path, 0o600)  # an existing file keeps its old mode through O_CREAT
+
+
 def spawn_replica(spec_path: Path, log_path: Path, *, env: dict[str, str]) -> subprocess.Popen:
     """``python -m potluck.trainer.replica SPEC`` with stdout and stderr appended to ``log_path``."""
     with open(log_path, "ab") as log:

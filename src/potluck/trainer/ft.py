@@ -5,7 +5,14 @@
   allocation is a function of that membership.
 - ``AdvertisedHTTPTransport`` serves recovery checkpoints like torchft's HTTP transport but
   advertises the address we chose, not ``socket.gethostname()``: a hostname that resolves to
-  127.0.0.1 is the classic cause of "connectFullMesh failed" in hand-made clusters.
+  127.0.0.1 is the classic cause of "connectFullMesh failed" in hand-made clusters. A replica
+  with a job secret uses :class:`~potluck.trainer.checkpoint.SecureCheckpointTransport`
+  instead (authenticated, no pickle); this one remains for callers without a secret.
+
+Every listener of a replica binds the advertised address, not all interfaces: the Manager's
+gRPC server (torchft hard-codes ``[::]``; :func:`_manager_server_bound_to` rewrites it while
+the Manager is built), the TCPStore (a socket we bind, handed over as ``master_listen_fd``),
+gloo's pairs (a device made for that address) and the checkpoint server.
 
 torchft is imported on first use, so that an entry point's :func:`potluck.log.setup_logging`
 has set the Rust side's log level before the native module loads.
@@ -13,9 +20,12 @@ has set the Rust side's log level before the native module loads.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
-from collections.abc import Callable
+import socket
+import threading
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -24,23 +34,68 @@ from potluck.contracts.addressing import host_port, http_url
 
 @functools.cache
 def _classes() -> tuple[type, type]:
+    from torch.distributed import ProcessGroupGloo as BaseGloo
     from torchft.checkpointing.http_transport import HTTPTransport
     from torchft.process_group import ProcessGroupGloo
 
     class MembershipGloo(ProcessGroupGloo):  # type: ignore[misc,valid-type]
-        """A torchft ProcessGroupGloo that exposes the slots of the current quorum."""
+        """A torchft ProcessGroupGloo that exposes the slots of the current quorum, binds
+        gloo to ``bind_host`` and, given a ``guard``, refuses quorums holding strangers."""
 
         members: list[int] = []
+        bind_host: str | None = None
+        guard: Any = None
+        untrusted: Exception | None = None
 
         def configure(self, store_addr: str, replica_id: str, rank: int, world_size: int,
                       quorum_id: int | None = None, group_rank: int | None = None,
                       group_world_size: int | None = None,
                       global_ranks: list[int] | None = None) -> None:
+            if self.guard is not None:
+                try:
+                    self.guard.check()
+                except Exception as exc:
+                    # torchft reports this error and skips healing; errored() keeps every
+                    # later step of this quorum discarded (configure runs again only when
+                    # the quorum changes).
+                    self.untrusted = exc
+                    raise
+                self.untrusted = None
             # torchft's global rank of a replica group is the trailing number of its replica
             # id, which we set to the slot.
             self.members = list(global_ranks or [])
             super().configure(store_addr, replica_id, rank, world_size, quorum_id, group_rank,
                               group_world_size, global_ranks)
+
+        def errored(self) -> Exception | None:
+            return self.untrusted or super().errored()
+
+        def _create_pg(self, store: Any, rank: int, world_size: int) -> Any:
+            if self.bind_host is None:
+                return super()._create_pg(store, rank, world_size)
+            # torchft's _create_pg with one change: gloo's device listens on bind_host only
+            # (the default device listens on the address of the hostname or interface).
+            from torch.distributed import ProcessGroup
+
+            pg = ProcessGroup(store, rank, world_size)
+            pg._set_default_backend(ProcessGroup.BackendType.GLOO)
+            opts = BaseGloo._Options()  # type: ignore[attr-defined]
+            opts._timeout = self._timeout
+            opts._devices = [BaseGloo.create_device(hostname=self.bind_host)]
+            backend = BaseGloo(store, rank, world_size, opts)
+            backend._set_sequence_number_for_group()
+            if self._global_ranks:
+                backend.options.global_ranks_in_group = self._global_ranks
+            if self._group_rank and self._group_world_size:
+                name = (f"torchft_quorum_{self._quorum_id}_rank_"
+                        f"{self._group_rank % self._group_world_size}")
+                backend.options.group_name = name  # type: ignore[assignment]
+            import torch
+
+            pg._register_backend(torch.device("cpu"), ProcessGroup.BackendType.GLOO, backend)
+            if torch.cuda.is_available():
+                pg._register_backend(torch.device("cuda"), ProcessGroup.BackendType.GLOO, backend)
+            return pg
 
     class AdvertisedHTTPTransport(HTTPTransport):  # type: ignore[misc,valid-type]
         def __init__(self, advertise_host: str, timeout: timedelta) -> None:
@@ -52,6 +107,42 @@ def _classes() -> tuple[type, type]:
             return http_url(self._advertise_host, port, "/checkpoint/")
 
     return MembershipGloo, AdvertisedHTTPTransport
+
+
+_bind_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _manager_server_bound_to(host: str) -> Iterator[None]:
+    """While the Manager is built, its ManagerServer binds ``host`` instead of ``[::]``.
+
+    torchft's Manager takes no bind address (it passes ``[::]:<port>``); ManagerServer does.
+    Swapping the name torchft's module looks up is the least intrusive way to pass one; the
+    lock keeps two Managers built at once in one process from racing on it.
+    """
+    import torchft.manager as tm
+
+    original = tm.ManagerServer
+
+    def bound(**kwargs: Any) -> Any:
+        port = int(str(kwargs["bind"]).rsplit(":", 1)[1])
+        return original(**{**kwargs, "bind": host_port(host, port)})
+
+    with _bind_lock:
+        tm.ManagerServer = bound
+        try:
+            yield
+        finally:
+            tm.ManagerServer = original
+
+
+def listening_socket(host: str) -> socket.socket:
+    """A TCP socket listening on ``host`` at a free port (for TCPStore's ``master_listen_fd``)."""
+    family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]"), 0, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.bind(addr)
+    sock.listen(128)
+    return sock
 
 
 def replica_id(name: str, slot: int) -> str:
@@ -81,7 +172,8 @@ def lighthouse_port(server: Any) -> int:
 def make_manager(*, name: str, slot: int, lighthouse: str, advertise_host: str,
                  timeout_s: float, load_state_dict: Callable[[Any], None],
                  state_dict: Callable[[], Any], group_rank: int = 0,
-                 group_world_size: int = 1) -> tuple[Any, Any, Any]:
+                 group_world_size: int = 1, secret: str | None = None,
+                 on_alert: Callable[[str], None] | None = None) -> tuple[Any, Any, Any]:
     """A torchft Manager for this process of replica group ``slot``, quorum computed synchronously.
 
     Synchronous quorum: the allocation depends on who is in the step, so it must be known
@@ -89,36 +181,67 @@ def make_manager(*, name: str, slot: int, lighthouse: str, advertise_host: str,
     the same step. Returns ``(manager, process_group, store)``; with more than one process
     per group, rank 0's store must be reachable at ``advertise_host`` (one group per process
     today: every process is its group's rank 0).
+
+    With ``secret`` (the job's, from the coordinator) the replica id carries the job's tag,
+    every quorum's members are checked (a stranger makes the quorum's steps discard and calls
+    ``on_alert``), and recovery goes through the authenticated, pickle-free
+    :class:`~potluck.trainer.checkpoint.SecureCheckpointTransport`.
     """
     from torch.distributed import TCPStore
     from torchft.manager import Manager
 
-    membership_gloo, transport = _classes()
+    from potluck.trainer.trust import QuorumGuard, tagged_replica_id
+
+    membership_gloo, advertised_transport = _classes()
     timeout = timedelta(seconds=timeout_s)
-    store = TCPStore(host_name=advertise_host, port=0, is_master=group_rank == 0,
-                     wait_for_workers=False)
+    alert = on_alert or (lambda message: None)
+    if group_rank == 0:
+        listener = listening_socket(advertise_host)
+        port = listener.getsockname()[1]
+        # detach(): the store owns the descriptor from now on (Python must not close it).
+        store = TCPStore(host_name=advertise_host, port=port, is_master=True,
+                         wait_for_workers=False, master_listen_fd=listener.detach())
+    else:
+        store = TCPStore(host_name=advertise_host, port=0, is_master=False, wait_for_workers=False)
     pg = membership_gloo(timeout=timeout)
-    manager = Manager(
-        pg=pg,
-        load_state_dict=load_state_dict,
-        state_dict=state_dict,
-        min_replica_size=1,
-        use_async_quorum=False,
-        timeout=timeout,
-        quorum_timeout=timedelta(seconds=max(60.0, 3 * timeout_s)),
-        connect_timeout=timedelta(seconds=30),
-        rank=group_rank,
-        world_size=group_world_size,
-        store_addr=advertise_host,
-        store_port=store.port,
-        lighthouse_addr=lighthouse,
-        replica_id=replica_id(name, slot),
-        hostname=advertise_host,
-        port=0,
-        checkpoint_transport=transport(advertise_host, timeout),
-        init_sync=False,  # every replica builds the same weights from the job's seed
-        # A quorum request that hits a restarting Lighthouse is retried, not fatal
-        # (TORCHFT_QUORUM_RETRIES still overrides).
-        quorum_retries=5,
-    )
+    pg.bind_host = advertise_host
+    transport: Any
+    guard = None
+    if secret:
+        from potluck.trainer.checkpoint import SecureCheckpointTransport
+
+        guard = QuorumGuard(secret=secret, on_alert=alert)
+        pg.guard = guard
+        transport = SecureCheckpointTransport(bind_host=advertise_host, advertise_host=advertise_host,
+                                              secret=secret.encode(), timeout=timeout, on_alert=alert)
+        rid = tagged_replica_id(name, slot, secret)
+    else:
+        transport = advertised_transport(advertise_host, timeout)
+        rid = replica_id(name, slot)
+    with _manager_server_bound_to(advertise_host):
+        manager = Manager(
+            pg=pg,
+            load_state_dict=load_state_dict,
+            state_dict=state_dict,
+            min_replica_size=1,
+            use_async_quorum=False,
+            timeout=timeout,
+            quorum_timeout=timedelta(seconds=max(60.0, 3 * timeout_s)),
+            connect_timeout=timedelta(seconds=30),
+            rank=group_rank,
+            world_size=group_world_size,
+            store_addr=advertise_host,
+            store_port=store.port,
+            lighthouse_addr=lighthouse,
+            replica_id=rid,
+            hostname=advertise_host,
+            port=0,
+            checkpoint_transport=transport,
+            init_sync=False,  # every replica builds the same weights from the job's seed
+            # A quorum request that hits a restarting Lighthouse is retried, not fatal
+            # (TORCHFT_QUORUM_RETRIES still overrides).
+            quorum_retries=5,
+        )
+    if guard is not None:
+        guard.wrap(manager)
     return manager, pg, store

@@ -26,6 +26,7 @@ import torch
 from potluck.balancer import Balancer, Decision, Speed
 from potluck.contracts.errors import PotluckError
 from potluck.contracts.events import (
+    AlertEvent,
     AllocationEvent,
     DoneEvent,
     MembershipEvent,
@@ -75,6 +76,7 @@ class Replica:
                                    lambda: f"{spec.name}/replica {spec.slot} step {self.step}")
         self.profile = self._own_profile()
         self.sync: Any = None
+        self._alerts: set[str] = set()
 
     def _own_profile(self) -> tuple[float, float]:
         """``(overhead_s, sample_s)`` to share with peers; (0, 0) when nobody needs it.
@@ -138,6 +140,7 @@ class Replica:
             advertise_host=spec.advertise_host, timeout_s=spec.job.fault.step_timeout_s,
             load_state_dict=self.load_state_dict, state_dict=self.state_dict,
             group_rank=spec.group_rank, group_world_size=spec.group_world_size,
+            secret=spec.secret, on_alert=self._alert,
         )
         self.pg = pg
         self.sync = make_sync(spec.job, tr.model, tr.optimizer, manager, spec.device)
@@ -224,6 +227,18 @@ class Replica:
             self._decided(change, members)
         else:
             self.sink.emit(event)
+
+    def _alert(self, message: str) -> None:
+        """A refused stranger (called from torchft's quorum or the checkpoint server thread);
+        each distinct message is reported once."""
+        if message in self._alerts:
+            return
+        self._alerts.add(message)
+        self.log.warning("alert: %s", message)
+        try:
+            self.sink.emit(AlertEvent(**self._ident(), message=message[:1000]))
+        except (ValueError, OSError):  # the sink is closed: training already ended
+            pass
 
     def _membership(self, members: list[int]) -> None:
         if members != self.members:

