@@ -37,7 +37,7 @@ from typing import Any
 from potluck.contracts.addressing import http_url
 from potluck.log import get_logger
 
-log = get_logger("net.grpc_guard")
+log = get_logger("coordinator.lighthouse_guard")
 
 LIGHTHOUSE_PATHS = frozenset({
     "/torchft.LighthouseService/Quorum",
