@@ -15,7 +15,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "potluck"
 
 LAYERS: dict[str, int] = {
-    "potluck": 0, "potluck.log": 0, "potluck.system": 0,
+    "potluck": 0, "potluck.log": 0, "potluck.system": 0, "potluck.registry": 0,
     "potluck.contracts": 1,
     "potluck.trainer": 2, "potluck.balancer": 2, "potluck.recipes": 2, "potluck.data": 2,
     "potluck.profiler": 2,

@@ -11,6 +11,7 @@ from torch import nn
 
 from potluck.contracts.errors import ModelError
 from potluck.contracts.jobspec import JobSpec
+from potluck.registry import Registry
 
 Batch = Any
 """What :meth:`TrainData.take` returns and :meth:`Recipe.loss` receives (``(x, y)`` for built-ins)."""
@@ -97,30 +98,21 @@ class Recipe:
         Cheap: called on submission, before anything is built."""
 
 
-_RECIPES: dict[str, Callable[[JobSpec], Recipe]] = {}
+RECIPES: Registry[type[Recipe]] = Registry("model", ModelError)
 
 
 def register_recipe(name: str) -> Callable[[type[Recipe]], type[Recipe]]:
     """Class decorator: make ``--model name`` build this recipe."""
-
-    def add(cls: type[Recipe]) -> type[Recipe]:
-        _RECIPES[name] = cls
-        return cls
-
-    return add
+    return RECIPES.register(name)
 
 
 def registered_recipes() -> tuple[str, ...]:
-    return tuple(_RECIPES)
+    return RECIPES.names()
 
 
 def recipe_for(spec: JobSpec) -> Recipe:
     """The recipe for ``spec.model.name``. Raises ModelError naming the known ones."""
-    factory = _RECIPES.get(spec.model.name)
-    if factory is None:
-        raise ModelError(f"unknown model {spec.model.name!r}: choose one of "
-                         f"{', '.join(registered_recipes())}")
-    return factory(spec)
+    return RECIPES.get(spec.model.name)(spec)
 
 
 def check_spec(spec: JobSpec) -> JobSpec:

@@ -20,7 +20,9 @@ import torch
 from torch import nn
 from torch.distributed import ReduceOp
 
+from potluck.contracts.errors import ConfigError
 from potluck.contracts.jobspec import JobSpec
+from potluck.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -87,32 +89,22 @@ class SyncStrategy(ABC):
         del state
 
 
-_STRATEGIES: dict[str, Callable[..., SyncStrategy]] = {}
+STRATEGIES: Registry[type[SyncStrategy]] = Registry("sync strategy", ConfigError)
 
 
 def register_sync(name: str) -> Callable[[type[SyncStrategy]], type[SyncStrategy]]:
     """Class decorator: make ``sync.strategy: name`` use this strategy."""
-
-    def add(cls: type[SyncStrategy]) -> type[SyncStrategy]:
-        _STRATEGIES[name] = cls
-        return cls
-
-    return add
+    return STRATEGIES.register(name)
 
 
 def sync_strategies() -> tuple[str, ...]:
-    return tuple(_STRATEGIES)
+    return STRATEGIES.names()
 
 
 def make_sync(spec: JobSpec, model: nn.Module, optimizer: torch.optim.Optimizer, manager: Any,
               device: str = "cpu") -> SyncStrategy:
-    from potluck.contracts.errors import ConfigError
-
-    factory = _STRATEGIES.get(spec.sync.strategy)
-    if factory is None:
-        raise ConfigError(f"unknown sync strategy {spec.sync.strategy!r}: choose one of "
-                          f"{', '.join(sync_strategies())}")
-    return factory(spec, model, optimizer, manager, device)
+    """The job's strategy for this replica. Raises ConfigError for an unknown name."""
+    return STRATEGIES.get(spec.sync.strategy)(spec, model, optimizer, manager, device)
 
 
 # Per-slot statistics appended to the gradient buffer. Only the owner writes its slot, so the
