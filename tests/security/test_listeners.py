@@ -60,6 +60,7 @@ def socket_inodes(pid: int) -> set[int]:
 def test_replica_listeners_bind_the_chosen_address_only(tmp_path: Path) -> None:
     job = JobSpec.parse({"steps": 60, "global_batch": 32, "policy": "equal",
                          "emulation": {"sample_s": 5e-3}})
+    before = socket_inodes(os.getpid())  # earlier tests in this process may leave sockets
     with LocalCluster(job, [1.0, 1.0], tmp_path / "run", host=CHOSEN) as cluster:
         deadline = time.monotonic() + 120
         while not any(r["type"] == "step" and r["committed"] and r["step"] >= 3
@@ -69,7 +70,7 @@ def test_replica_listeners_bind_the_chosen_address_only(tmp_path: Path) -> None:
         table = listeners()
         found = {slot: [table[i] for i in socket_inodes(p.pid) if i in table]
                  for slot, p in cluster.procs.items()}
-        host = [table[i] for i in socket_inodes(os.getpid()) if i in table]
+        host = [table[i] for i in socket_inodes(os.getpid()) - before if i in table]
         codes = cluster.wait(240)
     assert codes == {0: 0, 1: 0}
     for slot, socks in found.items():
