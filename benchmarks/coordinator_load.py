@@ -118,7 +118,8 @@ async def agent(i: int, conn: Connection, job_id: int, stop_at: float, start_at:
         report = {"replicas": [{"job_id": job_id, "state": "running", "step": step, "ready": True}]}
         records = [{"type": "step", "step": step, "committed": True, "local_batch": 64, "participants": 200,
                     "compute_s": 0.05, "comm_s": 0.01, "wait_s": 0.002, "loss": 1.0 / step,
-                    "samples_per_s": 5000.0, "t": time.time()}]
+                    "samples_per_s": 5000.0, "t": time.time(), "replica": f"sim-{i:04d}",
+                    "slot": i % 256, "quorum_s": 0.001, "allreduce_s": 0.012, "commit_s": 0.001}]
         for name, path, payload in (
             ("heartbeat", f"/api/v1/nodes/{node_id}/heartbeat", report),
             ("metrics", f"/api/v1/nodes/{node_id}/jobs/{job_id}/metrics", {"records": records}),
@@ -147,7 +148,7 @@ async def load(info: dict[str, Any], agents: int, seconds: float, warmup: float)
     first = {"name": "sim-first", "node_key": "simulated-node-key-first", "address": "127.0.0.1",
              "hardware": {"cpu_cores": 1, "memory_mb": 1}, "versions": versions}
     await setup.post("/api/v1/nodes", first)
-    status, job = await setup.post("/api/v1/jobs", {"config": {"steps": 100000, "max_replicas": 256}})
+    status, job = await setup.post("/api/v1/jobs", {"config": {"steps": 100000, "fault": {"max_replicas": 256}}})
     if status != 201:
         raise SystemExit(f"job submission failed: {status} {job}")
     setup.close()
