@@ -60,8 +60,16 @@ class Jobs:
         self.released: set[int] = {r["id"] for r in store.jobs_in("running")}
         self._job_key = load_or_create_job_key(config.state_dir)
         self._no_active_since: dict[int, float] = {}
+        self._specs: dict[int, JobSpec] = {}
 
     # queries -------------------------------------------------------------------------------
+
+    def spec(self, row: Any) -> JobSpec:
+        """The JobSpec of a job row, parsed once per job (heartbeats ask for it every second)."""
+        spec = self._specs.get(row["id"])
+        if spec is None:
+            spec = self._specs[row["id"]] = JobSpec.parse(loads(row["config"]))
+        return spec
 
     def row(self, job_id: int) -> Any:
         row = self.store.job(job_id)
@@ -74,7 +82,7 @@ class Jobs:
         summary = loads(row["summary"])
         return s.JobInfo(
             id=row["id"], name=row["name"], state=row["state"],
-            config=JobSpec.parse(loads(row["config"])), created_at=row["created_at"],
+            config=self.spec(row), created_at=row["created_at"],
             started_at=row["started_at"], finished_at=row["finished_at"],
             progress=self.telemetry.progress_of(job_id, row),
             replicas=[s.JobReplica(node=r["node"], slot=r["slot"], state=r["state"],
@@ -126,7 +134,7 @@ class Jobs:
         queued = self.store.jobs_in("queued")
         if queued:
             job = queued[0]
-            config = JobSpec.parse(loads(job["config"]))
+            config = self.spec(job)
             self.store.start_job(job["id"], time.time(), config.fault.max_replicas)
 
     # replicas ------------------------------------------------------------------------------
@@ -158,7 +166,7 @@ class Jobs:
         if row is not None and row["state"] in FINAL_REPLICA:
             return None
         node = node or self.membership.node(node_id)
-        config = JobSpec.parse(loads(job["config"]))
+        config = self.spec(job)
         if node["slot"] >= config.fault.max_replicas:
             return None  # the job has no room for this slot (raise max_replicas)
         if row is None or row["state"] == "lost":
