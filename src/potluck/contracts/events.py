@@ -108,7 +108,6 @@ class AlertEvent(_Event):
 
 Event = Annotated[StepEvent | AllocationEvent | MembershipEvent | DoneEvent | AlertEvent,
                   Field(discriminator="type")]
-EVENT_TYPES = ("step", "allocation", "membership", "done", "alert")
 _adapter: TypeAdapter[Any] = TypeAdapter(Event)
 
 
@@ -131,4 +130,4 @@ def event_json(event: BaseModel) -> str:
 
 
 __all__ = ["Event", "StepEvent", "AllocationEvent", "MembershipEvent", "DoneEvent", "AlertEvent",
-           "EVENT_TYPES", "EVENT_VERSION", "parse_event", "finite", "event_json"]
+           "EVENT_VERSION", "parse_event", "finite", "event_json"]

@@ -14,12 +14,12 @@ import time
 
 from potluck.contracts import wire as s
 from potluck.coordinator.config import CoordinatorConfig
-from potluck.coordinator.jobs import Jobs, job_spec_from
+from potluck.coordinator.jobs import Jobs
 from potluck.coordinator.membership import Membership
 from potluck.coordinator.store import Store
 from potluck.coordinator.telemetry import Telemetry
 
-__all__ = ["Coordinator", "CoordinatorConfig", "job_spec_from"]
+__all__ = ["Coordinator", "CoordinatorConfig"]
 
 
 class Coordinator:

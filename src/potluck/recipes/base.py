@@ -120,14 +120,8 @@ def check_spec(spec: JobSpec) -> JobSpec:
 
     Cheap (builds nothing); the coordinator calls it on submission, launchers before start.
     """
-    from potluck.contracts.errors import ConfigError, DataError
-    from potluck.data import DATASETS
-    from potluck.trainer.sync import sync_strategies
+    from potluck.trainer.sync import STRATEGIES
 
-    recipe_for(spec)
-    if spec.data.name not in DATASETS:
-        raise DataError(f"unknown data set {spec.data.name!r}: choose one of {', '.join(DATASETS)}")
-    if spec.sync.strategy not in sync_strategies():
-        raise ConfigError(f"unknown sync strategy {spec.sync.strategy!r}: choose one of "
-                          f"{', '.join(sync_strategies())}")
+    recipe_for(spec).check()  # the recipe knows which data sets it can build
+    STRATEGIES.get(spec.sync.strategy)
     return spec
