@@ -101,3 +101,28 @@ def test_profile_bad_input(tmp_path: Path) -> None:
     assert result.returncode == 2 and "at least two sizes" in result.stderr
     result = potluck("profile", "--model", "nope", "--device", "cpu", cwd=tmp_path)
     assert result.returncode == 2 and "unknown model" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (bytes(range(256)) * 4, "is not a text (YAML) file"),
+        (b"a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+         b"c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n",
+         "unknown job field"),
+    ],
+)
+def test_train_config_that_is_not_a_job_is_one_short_line(
+    tmp_path: Path, content: bytes, message: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A binary file or a YAML alias bomb: one line naming the problem, before any host is asked."""
+    from potluck.cli.main import main
+
+    config = tmp_path / "job.yaml"
+    config.write_bytes(content)
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--config", str(config), "--host", "http://127.0.0.1:9", "--token", "x"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0] and len(lines[0]) < 300, err

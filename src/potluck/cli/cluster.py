@@ -314,6 +314,9 @@ def _job_config(config_file: Path | None, flags: dict[str, Any]) -> JobSpec:
             loaded = yaml.safe_load(config_file.read_text())
         except OSError as exc:
             raise ConfigError(f"cannot read --config {config_file}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"--config {config_file} is not a text (YAML) file: pass a job "
+                              "file like docs/jobs.md shows") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"--config {config_file} is not valid YAML: {str(exc).splitlines()[0]}") from exc
         if not isinstance(loaded, dict):
