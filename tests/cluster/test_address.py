@@ -89,6 +89,18 @@ def test_host_prefers_vpn_then_private_and_refuses_public() -> None:
     assert choose_advertise(public_only, allow_public=True).address == "203.0.113.7"
 
 
+def test_public_ipv4_plus_ula_picks_the_ula_and_says_what_it_skipped() -> None:
+    machine = [iface("lo", "127.0.0.1", 8), iface("eth0", "192.0.2.10"), iface("eth0", "fd77::10", 64),
+               iface("eth0", "fe80::10", 64)]
+    choice = choose_advertise(machine, default_interface="eth0")
+    assert (choice.address, choice.kind) == ("fd77::10", AddressKind.PRIVATE)
+    assert choice.reason.startswith("private IPv6 (unique-local) address on eth0")
+    assert "not the public 192.0.2.10 (eth0)" in choice.reason and "--allow-public" in choice.reason
+    # A private IPv4 beside the ULA wins.
+    choice = choose_advertise([*machine, iface("eth1", "192.168.5.5")])
+    assert (choice.address, choice.reason) == ("192.168.5.5", "private LAN address on eth1; not the public 192.0.2.10 (eth0): pass --allow-public --advertise ADDRESS to use a public address")
+
+
 def test_advertise_override_must_be_local_and_not_public() -> None:
     every = parse_ip_addr(IP_ADDR)
     assert choose_advertise(every, override="192.168.1.20").interface == "wlan0"

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -142,3 +143,97 @@ def test_host_with_only_a_public_address_refuses_to_start(cluster: Cluster, net:
     assert "only public addresses (203.0.113.10 (pub0))" in out.stderr
     assert "not encrypted" in out.stderr or "neither encrypted" in out.stderr
     assert not (cluster.tmp / "pub" / "potluck.db").exists()
+
+
+def build_v6(net: Net, agents: list[str]) -> dict[str, Any]:
+    """An "ordinary machine" host: its only IPv4 is outside RFC 1918 (192.0.2.x, TEST-NET-1)
+    plus an IPv6 unique-local address; agents have IPv6 only (and loopback)."""
+    prefix = f"fd77:{random.randrange(0x1000, 0xffff):x}:{random.randrange(1, 0xffff):x}"
+    host = net.ns("h")
+    ip("link", "add", "br0", "type", "bridge", ns=host)
+    ip("addr", "add", "192.0.2.10/24", "dev", "br0", ns=host)
+    ip("addr", "add", f"{prefix}::1/64", "dev", "br0", "nodad", ns=host)
+    ip("link", "set", "br0", "up", ns=host)
+    out: dict[str, Any] = {"host": host, "host_addr": f"{prefix}::1", "agents": {}}
+    for i, name in enumerate(agents, start=2):
+        ns = net.ns(name)
+        outer, inner = f"v{name}{net.tag}"[:15], f"eth-{name}"
+        ip("link", "add", outer, "type", "veth", "peer", "name", inner, "netns", ns, ns=host)
+        ip("link", "set", outer, "master", "br0", ns=host)
+        ip("link", "set", outer, "up", ns=host)
+        ip("addr", "add", f"{prefix}::{i}/64", "dev", inner, "nodad", ns=ns)
+        ip("link", "set", inner, "up", ns=ns)
+        out["agents"][name] = {"ns": ns, "addr": f"{prefix}::{i}", "iface": inner}
+    return out
+
+
+LOOPBACK_GET = (
+    "import http.client, sys\n"
+    "c = http.client.HTTPConnection('127.0.0.1', int(sys.argv[1]), timeout=5)\n"
+    "c.request('GET', '/api/v1/info', headers={'Authorization': 'Bearer ' + sys.argv[2]})\n"
+    "print(c.getresponse().status)\n"
+)
+
+
+def test_public_ipv4_plus_ula_host_trains_over_ipv6_end_to_end(cluster: Cluster, net: Net) -> None:
+    """No flag names an address: the host skips its public IPv4 and says so, advertises the
+    IPv6 ULA, still answers on 127.0.0.1, and a whole job runs over IPv6 (join line, URLs,
+    Lighthouse, torchft managers, stores, gloo)."""
+    topo = build_v6(net, ["b"])
+    in_host = netns(topo["host"])
+    host = cluster.start_host("", "--name", "a", "--emulate-speed", "1.0", local_agent=True, prefix=in_host)
+    assert host["advertise"] == topo["host_addr"]
+    assert host["url"] == f"http://[{topo['host_addr']}]:{host['port']}"
+    said = host["proc"].log.read_text()
+    assert "192.0.2.10" in said and "public" in said, said  # the reason names what it skipped
+
+    # The host's own machine reaches the coordinator on loopback.
+    out = subprocess.run([*in_host, sys.executable, "-c", LOOPBACK_GET, str(host["port"]), host["token"]],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.strip() == "200", out.stderr
+
+    b = topo["agents"]["b"]
+    cluster.start_agent(host, "b", None, 0.5, prefix=netns(b["ns"]), target=f"[{topo['host_addr']}]:{host['port']}")
+    wait_until(lambda: len(cluster.nodes(prefix=in_host)) == 2, 60, "both nodes to join")
+    nodes = cluster.nodes(prefix=in_host)
+    assert nodes["b"]["address"] == b["addr"] and nodes["a"]["address"] == topo["host_addr"]
+
+    yaml = cluster.tmp / "job.yaml"
+    yaml.write_text("emulation: {sample_s: 0.0003}\nfault: {step_timeout_s: 8}\n")
+    out = subprocess.run([*in_host, sys.executable, "-m", "potluck", "train", "--steps", "20",
+                          "--global-batch", "128", "--config", str(yaml), "--json",
+                          "--state-dir", str(cluster.host_dir)],
+                         capture_output=True, text=True, timeout=150, env=cluster.env())
+    assert out.returncode == 0, out.stderr + out.stdout
+    summary = json.loads(out.stdout)
+    assert summary["state"] == "succeeded" and sorted(summary["nodes"]) == ["a", "b"], summary
+    run = next((cluster.tmp / "agent-b" / "runs").glob("job-*/attempt-*"))
+    spec = json.loads((run / "spec.json").read_text())
+    assert spec["advertise_host"] == b["addr"]
+    assert spec["lighthouse"] == f"http://[{topo['host_addr']}]:{host['lighthouse_port']}"
+
+
+def test_tailscale_like_vpn_wins_over_the_lan_without_flags(cluster: Cluster, net: Net) -> None:
+    """Host and friend share a LAN (the host's default route) and a Tailscale-like link
+    (``tailscale0``, 100.64.0.0/10). Without flags the host advertises the VPN address and
+    the friend's agent reaches it over ``tailscale0``."""
+    host_ns, friend_ns = net.ns("h"), net.ns("f")
+    lan = f"192.168.{random.randrange(10, 250)}"
+    vpn = f"100.{random.randrange(64, 127)}.{random.randrange(1, 250)}"
+    for (a, b, a_addr, b_addr) in (("eth0", "eth0", f"{lan}.1/24", f"{lan}.2/24"),
+                                   ("tailscale0", "tailscale0", f"{vpn}.1/24", f"{vpn}.2/24")):
+        ip("link", "add", a, "type", "veth", "peer", "name", f"{b}x", "netns", friend_ns, ns=host_ns)
+        ip("link", "set", f"{b}x", "name", b, ns=friend_ns)
+        ip("addr", "add", a_addr, "dev", a, ns=host_ns)
+        ip("addr", "add", b_addr, "dev", b, ns=friend_ns)
+        for ns, name in ((host_ns, a), (friend_ns, b)):
+            ip("link", "set", name, "up", ns=ns)
+    ip("route", "add", "default", "via", f"{lan}.2", ns=host_ns)
+
+    host = cluster.start_host("", prefix=netns(host_ns))
+    assert host["advertise"] == f"{vpn}.1"
+    assert "VPN address on tailscale0" in host["proc"].log.read_text()
+    cluster.start_agent(host, "f", None, prefix=netns(friend_ns))
+    wait_until(lambda: "f" in cluster.nodes(prefix=netns(host_ns)), 60, "the friend to join")
+    node = cluster.nodes(prefix=netns(host_ns))["f"]
+    assert (node["address"], node["interface"]) == (f"{vpn}.2", "tailscale0")

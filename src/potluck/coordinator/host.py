@@ -16,6 +16,7 @@ State dir layout::
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -123,6 +124,20 @@ def bind_api_socket(address: str, port: int) -> socket.socket:
     return sock
 
 
+def loopback_sockets(advertise: str, port: int) -> list[socket.socket]:
+    """The API on ``127.0.0.1:port`` too, so the host's own machine always reaches its
+    coordinator, whichever address is advertised (an IPv6 ULA, a VPN address that went down).
+    Empty when ``advertise`` is a loopback address; a taken loopback port is logged, not fatal.
+    """
+    if ipaddress.ip_address(advertise.strip("[]")).is_loopback:
+        return []
+    try:
+        return [bind_api_socket("127.0.0.1", port)]
+    except PortInUseError as exc:
+        log.warning("the API is not on loopback: %s", exc)
+        return []
+
+
 def read_host_file(state_dir: Path) -> dict[str, object] | None:
     """``host.json`` of a running host in ``state_dir``, or None."""
     try:
@@ -142,10 +157,12 @@ class Host:
         check_port_free(config.advertise, config.lighthouse_port, "lighthouse", "--lighthouse-port")
         self.sock = bind_api_socket(config.advertise, config.port)
         config.port = self.sock.getsockname()[1]
+        self.sockets = [self.sock, *loopback_sockets(config.advertise, config.port)]
         try:
             self.lighthouse = Lighthouse(config.advertise, config.lighthouse_port, config.lighthouse)
         except BaseException:
-            self.sock.close()
+            for sock in self.sockets:
+                sock.close()
             raise
         config.lighthouse_port = self.lighthouse.port
         self.store = Store(config.state_dir / "potluck.db")
@@ -217,13 +234,14 @@ class Host:
 
         threading.Thread(target=when_up, name="host-ready", daemon=True).start()
         try:
-            server.run(sockets=[self.sock])
+            server.run(sockets=self.sockets)
         finally:
             self._stop_local_agent()
             host_file.unlink(missing_ok=True)
             self.lighthouse.shutdown()
             self.store.close()
-            self.sock.close()
+            for sock in self.sockets:
+                sock.close()
 
     def _start_local_agent(self) -> subprocess.Popen[bytes]:
         agent_dir = self.config.state_dir / "local-agent"

@@ -300,9 +300,15 @@ def choose_advertise(
         if candidates:
             best = candidates[0]
             reason = "VPN address" if kind is AddressKind.VPN else "private LAN address"
-            return AddressChoice(
-                address=best.address, interface=best.name, kind=kind, reason=f"{reason} on {best.name}"
-            )
+            if kind is AddressKind.PRIVATE and ":" in best.address:
+                reason = "private IPv6 (unique-local) address"
+            reason += f" on {best.name}"
+            skipped = [i for i in by_kind.get(AddressKind.PUBLIC, []) if i.address != best.address]
+            if skipped:
+                names = ", ".join(f"{i.address} ({i.name})" for i in skipped)
+                reason += (f"; not the public {names}: pass --allow-public --advertise ADDRESS "
+                           "to use a public address")
+            return AddressChoice(address=best.address, interface=best.name, kind=kind, reason=reason)
     public = by_kind.get(AddressKind.PUBLIC, [])
     if public and allow_public:
         best = sorted(public, key=lambda i: (i.name != default_interface, ":" in i.address))[0]

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
-from potluck.contracts.addressing import host_port, http_url
+from potluck.contracts.addressing import host_port, http_url, url_host
 
 
 @functools.cache
@@ -234,7 +234,8 @@ def make_manager(*, name: str, slot: int, lighthouse: str, advertise_host: str,
             store_port=store.port,
             lighthouse_addr=lighthouse,
             replica_id=rid,
-            hostname=advertise_host,
+            # torchft writes http://{hostname}:{port}: an IPv6 address needs its brackets.
+            hostname=url_host(advertise_host),
             port=0,
             checkpoint_transport=transport,
             init_sync=False,  # every replica builds the same weights from the job's seed
