@@ -172,12 +172,13 @@ def join(
     name: str | None = typer.Option(None, "--name", help="Node name (default: hostname; duplicates get a suffix)."),
     advertise: str | None = typer.Option(None, "--advertise", help="This node's address (default: source address of the route to HOST)."),
     allow_public: bool = typer.Option(False, "--allow-public", help="Allow a public address for this node's replicas."),
-    emulate_speed: float = typer.Option(1.0, "--emulate-speed", help="Emulate a device this many times as fast (0.25: 4x slower); testing."),
-    device: str = typer.Option("auto", "--device", help="torch device for replicas: auto, cpu, cuda or cuda:N."),
+    emulate_speed: str = typer.Option("1.0", "--emulate-speed", help="Emulate a device this many times as fast (0.25: 4x slower), or one factor per device (1,0.5); testing."),
+    device: str = typer.Option("auto", "--device", help="Devices to train on, one replica each: auto (every visible GPU, else cpu), cpu, cuda, cuda:N, or a list such as cuda:0,cuda:1."),
     threads: int = typer.Option(0, "--threads", help="torch threads per replica (0: default)."),
     state_dir: Path | None = typer.Option(None, "--state-dir", envvar="POTLUCK_AGENT_DIR", help=STATE_DIR_HELP.format(what="agent")),
 ) -> None:
     """Join a cluster: register this machine, then run the jobs the host assigns. Ctrl-C leaves."""
+    from potluck.agent import devices as dev
     from potluck.agent.hardware import detect_gpus
     from potluck.agent.node import Agent, AgentConfig, default_node_name
     from potluck.agent.runner import NodeSettings
@@ -187,43 +188,68 @@ def join(
 
     if not token:
         raise AuthError("missing token: pass --token or set POTLUCK_TOKEN (printed by `potluck host`)")
-    check_speed(emulate_speed)
     if threads < 0:
         raise ConfigError(f"--threads must be >= 0, got {threads}")
+    devices = dev.parse_devices(device, dev.visible_gpu_count(len(detect_gpus())) if device == "auto" else 0)
+    speeds = dev.parse_speeds(emulate_speed, len(devices))
+    for speed in speeds:
+        check_speed(speed)
     addr, port = net.split_host_port(host_addr, DEFAULT_PORT)
     interfaces = net.list_interfaces()
     choice = net.agent_address(addr, interfaces, override=advertise, allow_public=allow_public)
-    if device == "auto":
-        device = "cuda" if detect_gpus() else "cpu"
-    elif not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
-        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    agent = Agent(
-        AgentConfig(
-            url=f"http://{url_host(net.resolve(addr))}:{port}",
-            token=token,
-            name=name or default_node_name(),
-            state_dir=state_dir or default_data_dir() / "agent",
-            node=NodeSettings(advertise=choice.address, interface=choice.interface,
-                              speed=emulate_speed, device=device, threads=threads),
-            interface=choice.interface,
-        ),
-        on_event=lambda msg: err.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {escape(msg)}"),
-        services=[DoctorResponder],
-    )
+    root = state_dir or default_data_dir() / "agent"
+    lock = dev.StateDirLock(root).acquire()
+    names = dev.device_nodes(name or default_node_name(), devices)
+    agents = [
+        Agent(
+            AgentConfig(
+                url=f"http://{url_host(net.resolve(addr))}:{port}",
+                token=token,
+                name=node_name,
+                state_dir=dev.device_state_dir(root, devices, i),
+                node=NodeSettings(advertise=choice.address, interface=choice.interface,
+                                  speed=speeds[i], device=devices[i], threads=threads),
+                interface=choice.interface,
+            ),
+            on_event=lambda msg, who=node_name, many=len(devices) > 1: err.print(
+                f"[dim]{time.strftime('%H:%M:%S')}[/] " + escape(f"{who}: {msg}" if many else msg)),
+            services=[DoctorResponder],
+        )
+        for i, node_name in enumerate(names)
+    ]
+    joined: list[Any] = []
     try:
-        reg = agent.join()
+        for agent in agents:
+            joined.append(agent.join())
     except VersionMismatchError as exc:
         err.print(view.versions_table(exc.diffs))
         raise
-    console.print(
-        f"[bold green]joined[/] {escape(agent.config.url)} as [bold]{escape(reg.name)}[/] "
-        f"(slot {reg.slot}) from {escape(choice.address)} via {escape(choice.interface or '?')}; "
-        "waiting for jobs. Ctrl-C leaves."
-    )
-    signal.signal(signal.SIGTERM, lambda *_: agent.stop())
-    signal.signal(signal.SIGINT, lambda *_: agent.stop())
-    agent.run()
-    console.print(f"{reg.name} left the cluster", markup=False)
+    finally:
+        if len(joined) < len(agents):
+            for agent in agents[: len(joined)]:
+                agent.stop()
+                agent.run()  # stops at once: leaves the cluster cleanly
+            lock.release()
+    for agent, reg, device_name in zip(agents, joined, devices):
+        on = f" on {device_name}" if len(devices) > 1 else ""
+        console.print(
+            f"[bold green]joined[/] {escape(agent.config.url)} as [bold]{escape(reg.name)}[/] "
+            f"(slot {reg.slot}){escape(on)} from {escape(choice.address)} via "
+            f"{escape(choice.interface or '?')}; waiting for jobs. Ctrl-C leaves."
+        )
+
+    def stop_all(*_: Any) -> None:
+        for agent in agents:
+            agent.stop()
+
+    signal.signal(signal.SIGTERM, stop_all)
+    signal.signal(signal.SIGINT, stop_all)
+    try:
+        dev.run_all([agent.run for agent in agents])
+    finally:
+        lock.release()
+    for reg in joined:
+        console.print(f"{reg.name} left the cluster", markup=False)
 
 
 # status / jobs / logs -------------------------------------------------------------------------
