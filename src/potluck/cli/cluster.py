@@ -363,7 +363,15 @@ def train(
     state_dir: Path | None = typer.Option(None, "--state-dir", envvar="POTLUCK_STATE_DIR", help=STATE_DIR_HELP.format(what="host")),
 ) -> None:
     """Train a model on every live node of the cluster; shows progress until the job ends."""
+    from potluck.contracts.jobspec import MIN_USEFUL_STEPS
+    from potluck.trainer.core import planned_steps
+
     config = _job_config(config_file, job_flags)
+    total = planned_steps(config)
+    if total < MIN_USEFUL_STEPS:
+        err.print(f"[yellow]warning:[/] this job trains only {total} step(s); the built-in models "
+                  f"need about {MIN_USEFUL_STEPS} to learn (see docs/jobs.md): pass --steps "
+                  f"{MIN_USEFUL_STEPS * 2} or more, or more --epochs")
     client = _connect(host_url, token, state_dir)
     from potluck.doctor.remote import preflight  # no job on a cluster that would fail
 
@@ -380,7 +388,7 @@ def train(
     interrupted = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     try:
-        job = _watch(client, job.id, config.steps, quiet=json_out, stop=interrupted)
+        job = _watch(client, job.id, total, quiet=json_out, stop=interrupted)
     finally:
         signal.signal(signal.SIGINT, previous)
     if interrupted.is_set():

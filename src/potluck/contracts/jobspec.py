@@ -128,11 +128,19 @@ class JobSpec(Section):
     global_batch: int = Field(default=512, ge=1, le=MAX_INT)
     """Samples per optimizer step summed over all replicas (B); independent of the node count."""
     steps: int | None = Field(default=None, ge=1, le=MAX_INT)
-    """Committed steps to train; if None, ``epochs`` decides."""
+    """Committed steps to train; if None, ``epochs`` decides (neither: ``DEFAULT_STEPS``)."""
     epochs: float | None = Field(default=None, gt=0, le=1e6)
     """Epochs to train when ``steps`` is None (one epoch = floor(train size / B) steps)."""
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     """Seeds the model init and every epoch's permutation: the result depends only on it and B."""
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """Committed steps this job trains, given ``floor(train size / B)``."""
+        if self.steps is not None:
+            return self.steps
+        if self.epochs is not None:
+            return max(1, int(round(self.epochs * steps_per_epoch)))
+        return DEFAULT_STEPS
 
     @model_validator(mode="before")
     @classmethod
@@ -290,6 +298,16 @@ class TestHooks(Section):
     """Exit the process hard when this step is about to be computed."""
     speed_changes: list[tuple[int, float]] = Field(default_factory=list, max_length=1000)
     """Emulated speed changes ``[[step, new_speed], ...]``: a device that slows down mid-run."""
+
+
+DEFAULT_STEPS = 100
+"""Steps of a job that names neither ``steps`` nor ``epochs``. Measured on the default job
+(mlp on digits, B=512, lr 0.1; one process): test accuracy 0.15 after 2 steps (the old default
+of one epoch), 0.51 after 10, 0.95 after 50, 0.96 after 100."""
+
+MIN_USEFUL_STEPS = 50
+"""``potluck train`` warns below this many steps: the built-in models need about 50 to learn
+digits (mlp: 0.68 at 10 steps and 0.91 at 50 with B=128; simple_cnn: 0.07 at 25, 0.73 at 50)."""
 
 
 class ReplicaSpec(Section):

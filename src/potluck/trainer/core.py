@@ -53,10 +53,19 @@ def build_training(spec: JobSpec, device: str = "cpu", *, replica: str = "local"
     ctx = RecipeContext(spec=spec, device=device, replica=replica, slot=slot)
     data = recipe.data(ctx)
     spe = steps_per_epoch(len(data.train), spec.global_batch)
-    total = spec.steps if spec.steps is not None else max(1, int(round((spec.epochs or 1.0) * spe)))
+    total = spec.total_steps(spe)
     model = recipe.model(ctx).to(device)
     optimizer = recipe.optimizer(model.parameters(), ctx)
     return Training(spec, recipe, ctx, data, model, optimizer, spe, total)
+
+
+def planned_steps(spec: JobSpec) -> int:
+    """Committed steps ``spec`` will train (loads the data set to count an epoch; no model)."""
+    if spec.steps is not None or spec.epochs is None:
+        return spec.total_steps(1)
+    recipe = recipe_for(spec)
+    data = recipe.data(RecipeContext(spec=spec, device="cpu", replica="plan", slot=0))
+    return spec.total_steps(steps_per_epoch(len(data.train), spec.global_batch))
 
 
 def to_device(batch: Any, device: str) -> Any:
