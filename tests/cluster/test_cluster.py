@@ -120,8 +120,12 @@ def test_killed_agent_is_lost_then_rejoins_the_running_job(cluster: Cluster) -> 
     assert "c lost" not in events  # node events are not job events
     assert "re-assigned to c" in events
     assert len(sorted(runs.glob("attempt-*"))) == 2
-    with CoordinatorClient(host["url"], host["token"]) as client:
-        assert client.cancel(job_id).state == "cancelled"
+    out = cluster.cli("cancel", str(job_id))
+    assert out.returncode == 0 and f"job {job_id}" in out.stdout and "cancelled" in out.stdout, out.stderr
+    assert job(cluster, job_id)["state"] == "cancelled"
+    again, missing = cluster.cli("cancel", str(job_id)), cluster.cli("cancel", "999")
+    assert again.returncode == 1 and f"job {job_id} already cancelled" in again.stderr
+    assert missing.returncode == 1 and "no job 999" in missing.stderr
 
 
 def test_ctrl_c_in_train_offers_to_cancel_the_job(cluster: Cluster) -> None:

@@ -16,6 +16,7 @@ JOB = ["--dataset", "--deadband", "--epochs", "--global-batch", "--lr", "--model
 CLUSTER = ["--host", "--json", "--state-dir", "--token"]
 
 EXPECTED: dict[str, list[str]] = {
+    "cancel": sorted(CLUSTER + ["JOB_ID"]),
     "demo": sorted(JOB + ["--compare", "--emulated-sample-ms", "--experiments-dir", "--json",
                           "--name", "--nodes", "--save-model", "--speeds"]),
     "doctor": ["--advertise", "--cluster", "--experiments-dir", "--json", "--name", "--state-dir",

@@ -1,4 +1,4 @@
-"""Cluster commands: ``host``, ``join``, ``status``, ``train``, ``jobs``, ``logs``.
+"""Cluster commands: ``host``, ``join``, ``status``, ``train``, ``jobs``, ``logs``, ``cancel``.
 
 Thin wiring: parse flags, build the config objects, call the coordinator/agent services and
 render. Every failure is a :class:`~potluck.contracts.errors.PotluckError` (one red line, exit code).
@@ -317,6 +317,23 @@ def logs(
         time.sleep(1.0)
 
 
+def cancel(
+    job_id: int = typer.Argument(..., help="Job id (see `potluck jobs`)."),
+    host_url: str | None = typer.Option(None, "--host", envvar="POTLUCK_HOST", help=HOST_HELP),
+    token: str | None = typer.Option(None, "--token", envvar="POTLUCK_TOKEN", help=TOKEN_HELP),
+    state_dir: Path | None = typer.Option(None, "--state-dir", envvar="POTLUCK_STATE_DIR", help=STATE_DIR_HELP.format(what="host")),
+    json_out: bool = typer.Option(False, "--json", help="Print the cancelled job as JSON."),
+) -> None:
+    """Cancel a queued or running job: its replicas stop and the next queued job starts."""
+    if job_id < 1:
+        raise ConfigError(f"JOB_ID must be a job id from `potluck jobs` (1 or more), got {job_id}")
+    job = _connect(host_url, token, state_dir).cancel(job_id)
+    if json_out:
+        _print_json(job.model_dump())
+    else:
+        console.print(f"job {job.id} ({job.name}) {job.state}", markup=False)
+
+
 # train ----------------------------------------------------------------------------------------
 
 
@@ -442,5 +459,5 @@ def _report(job: Any, json_out: bool) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add the cluster commands to the ``potluck`` CLI."""
-    for command in (host, join, status, train, jobs, logs):
+    for command in (host, join, status, train, jobs, logs, cancel):
         app.command(command.__name__)(command)
