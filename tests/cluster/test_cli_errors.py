@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
-from cluster_helpers import free_port
+from cluster_helpers import free_port, wait_until
 
 from conftest import Cluster
 
@@ -28,7 +29,7 @@ def test_join_errors_leave_the_cluster_empty(cluster: Cluster) -> None:
     assert "wrong token" in line and "x" * 32 not in line
 
     missing = cluster.run(*base)
-    assert missing.returncode == 1 and "missing token" in one_error_line(missing)
+    assert missing.returncode == 2 and "missing token" in one_error_line(missing)  # bad input
 
     mismatch = cluster.run(*base, POTLUCK_TOKEN=host["token"], POTLUCK_FAKE_VERSION_TORCH="2.0.1")
     assert mismatch.returncode == 1
@@ -44,7 +45,9 @@ def test_join_errors_leave_the_cluster_empty(cluster: Cluster) -> None:
     assert "is `potluck host` running there" in line
 
     not_mine = cluster.run(*base[:2], "--advertise", "127.0.0.3x", POTLUCK_TOKEN=host["token"])
-    assert not_mine.returncode == 1 and "not an IP address" in one_error_line(not_mine)
+    assert not_mine.returncode == 2 and "not an IP address" in one_error_line(not_mine)
+    bad_port = cluster.run("status", "--host", "127.0.0.2:99999", POTLUCK_TOKEN=host["token"])
+    assert bad_port.returncode == 2 and "bad port '99999'" in one_error_line(bad_port)
 
     assert cluster.json("status") == []
     assert host["proc"].alive()
@@ -95,3 +98,12 @@ def test_show_ports_lists_every_port(cluster: Cluster) -> None:
     rows = json.loads(out.stdout)
     assert [r["port"] for r in rows[:2]] == ["9100", "9101"]
     assert "gloo" in rows[2]["what"]
+
+
+def test_host_json_is_one_line_a_script_can_read(cluster: Cluster) -> None:
+    host = cluster.start_host("127.0.0.2", "--json")
+    wait_until(lambda: host["proc"].log.read_text().strip(), 30, "the JSON line")
+    lines = [line for line in host["proc"].log.read_text().splitlines() if line.startswith("{")]
+    assert len(lines) == 1
+    info = json.loads(lines[0])
+    assert info["url"] == host["url"] and info["port"] == host["port"] and "join" in info

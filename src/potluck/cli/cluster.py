@@ -30,9 +30,9 @@ from potluck.cli import cluster_view as view
 from potluck.cli.options import job_options
 from potluck.contracts.addressing import url_host
 from potluck.contracts.errors import (
-    AuthError,
     ConfigError,
     HostUnreachableError,
+    MissingTokenError,
     TrainingError,
     VersionMismatchError,
 )
@@ -65,7 +65,7 @@ def _connect(host: str | None, token: str | None, state_dir: Path | None) -> Any
             sd = _host_state_dir(state_dir)
             token = (sd / "token").read_text().strip() if (sd / "token").exists() else None
         if not token:
-            raise AuthError("missing token: pass --token or set POTLUCK_TOKEN (printed by `potluck host`)")
+            raise MissingTokenError("missing token: pass --token or set POTLUCK_TOKEN (printed by `potluck host`)")
         return CoordinatorClient(url, token)
     sd = _host_state_dir(state_dir)
     info = read_host_file(sd)
@@ -139,9 +139,11 @@ def host(
 
     def ready() -> None:
         join = f"potluck join {url_host(choice.address)}:{config.port} --token {the_token}"
-        if json_out:
-            _print_json({"url": config.url, "advertise": choice.address, "port": config.port,
-                         "lighthouse_port": config.lighthouse_port, "state_dir": str(sd), "join": join})
+        if json_out:  # one line: a script reads it while the host keeps running
+            sys.stdout.write(json.dumps({"url": config.url, "advertise": choice.address, "port": config.port,
+                                         "lighthouse_port": config.lighthouse_port, "state_dir": str(sd),
+                                         "join": join}) + "\n")
+            sys.stdout.flush()
             return
         console.print(f"[bold green]potluck host[/] at {escape(config.url)} ({escape(choice.reason)})")
         if choice.kind.value == "loopback":
@@ -187,7 +189,7 @@ def join(
     from potluck.net import address as net
 
     if not token:
-        raise AuthError("missing token: pass --token or set POTLUCK_TOKEN (printed by `potluck host`)")
+        raise MissingTokenError("missing token: pass --token or set POTLUCK_TOKEN (printed by `potluck host`)")
     if threads < 0:
         raise ConfigError(f"--threads must be >= 0, got {threads}")
     devices = dev.parse_devices(device, dev.visible_gpu_count(len(detect_gpus())) if device == "auto" else 0)

@@ -124,6 +124,19 @@ class NetworkConfigError(ClusterError):
     """No usable address, or an address that must not be used (public without opt-in)."""
 
 
+class AddressSyntaxError(NetworkConfigError):
+    """An address, host name or port the user typed is malformed: bad input, exit code 2."""
+
+    exit_code = 2
+    http_status = 422
+
+
+class MissingTokenError(AuthError):
+    """No token was given (a missing input, exit code 2; a wrong token stays exit code 1)."""
+
+    exit_code = 2
+
+
 class PreflightError(ClusterError):
     """The pre-flight check before a job found a problem that would make the job fail."""
 

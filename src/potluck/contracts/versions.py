@@ -21,7 +21,8 @@ VERSION_FIXES = {
     "python": "install Python {want} (e.g. with uv or pyenv) and recreate the virtualenv",
     "torch": 'pip install "torch=={want}"',
     "torchft": 'pip install "torchft=={want}"',
-    "potluck": 'pip install "potluck=={want}" (or check out the same git commit)',
+    "potluck": "install potluck {want} from the host's checkout: `git checkout` the host's "
+               "commit, then `make install` (or `pip install -e .`)",
 }
 
 

@@ -25,7 +25,7 @@ import socket
 import subprocess
 from dataclasses import dataclass
 
-from potluck.contracts.errors import NetworkConfigError
+from potluck.contracts.errors import AddressSyntaxError, NetworkConfigError
 
 VPN_NETWORKS = (ipaddress.ip_network("100.64.0.0/10"), ipaddress.ip_network("fd7a:115c:a1e0::/48"))
 """Tailscale's CGNAT range (and its IPv6 ULA prefix): addresses here are treated as VPN."""
@@ -81,7 +81,7 @@ def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
         return ipaddress.ip_address(address.strip("[]").split("%", 1)[0])
     except ValueError as exc:
-        raise NetworkConfigError(
+        raise AddressSyntaxError(
             f"{address!r} is not an IP address: pass a numeric IPv4/IPv6 address such as 192.168.1.20"
         ) from exc
 
@@ -369,11 +369,11 @@ def split_host_port(text: str, default_port: int) -> tuple[str, int]:
     else:
         host, port_text = text, ""
     if not host:
-        raise NetworkConfigError(f"{text!r} has no host: use HOST[:PORT], e.g. 100.64.1.2:7077")
+        raise AddressSyntaxError(f"{text!r} has no host: use HOST[:PORT], e.g. 100.64.1.2:7077")
     if not port_text:
         return host, default_port
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise NetworkConfigError(
+        raise AddressSyntaxError(
             f"bad port {port_text!r} in {text!r}: use HOST[:PORT] with a port in 1-65535"
         )
     return host, int(port_text)
