@@ -128,7 +128,7 @@ class JobSpec(Section):
     global_batch: int = Field(default=512, ge=1, le=MAX_INT)
     """Samples per optimizer step summed over all replicas (B); independent of the node count."""
     steps: int | None = Field(default=None, ge=1, le=MAX_INT)
-    """Committed steps to train; if None, ``epochs`` decides (neither: ``DEFAULT_STEPS``)."""
+    """Committed steps to train; if None, ``epochs`` decides (neither: 100 steps)."""
     epochs: float | None = Field(default=None, gt=0, le=1e6)
     """Epochs to train when ``steps`` is None (one epoch = floor(train size / B) steps)."""
     seed: int = Field(default=0, ge=0, le=MAX_SEED)

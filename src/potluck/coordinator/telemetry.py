@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from collections.abc import Sequence
+from statistics import median
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,10 @@ from pydantic import BaseModel
 from potluck.contracts import wire as s
 from potluck.contracts.events import AllocationEvent, DoneEvent, StepEvent, event_json
 from potluck.coordinator.store import Store, dumps, loads
+
+
+SPS_WINDOW = 15
+"""Committed step records whose median is the live samples/s."""
 
 
 class Telemetry:
@@ -35,6 +41,9 @@ class Telemetry:
         """Job id -> when its first replica reported done."""
         self._dirty: set[int] = set()
         self._slot_names: dict[str, str] = {}
+        self._recent_sps: dict[int, deque[float]] = {}
+        """Job id -> per-step samples/s of the last committed steps (the live figure is their
+        median: one step that ends just after a heal or a quorum change reads 20x too fast)."""
 
     def run_dir(self, job_id: int) -> Path:
         return self.experiments / f"job-{job_id}"
@@ -47,7 +56,7 @@ class Telemetry:
         for event in events:
             line = event_json(event)
             rows.append((str(getattr(event, "type", "unknown")), getattr(event, "step", None), line))
-            self._fold(progress, node["id"], event)
+            self._fold(progress, job_id, node["id"], event)
             if isinstance(event, DoneEvent):
                 done = line
                 self.first_done_at.setdefault(job_id, time.time())
@@ -59,12 +68,15 @@ class Telemetry:
             fh.writelines(line + "\n" for _, _, line in rows)
         return len(rows)
 
-    def _fold(self, progress: s.JobProgress, node_id: int, event: BaseModel) -> None:
+    def _fold(self, progress: s.JobProgress, job_id: int, node_id: int, event: BaseModel) -> None:
         if isinstance(event, StepEvent) and event.committed:
             if event.step >= progress.step:
                 progress.step = event.step
                 progress.loss = event.loss if event.loss is not None else progress.loss
-                progress.samples_per_s = event.samples_per_s or progress.samples_per_s
+                if event.samples_per_s:
+                    recent = self._recent_sps.setdefault(job_id, deque(maxlen=SPS_WINDOW))
+                    recent.append(event.samples_per_s)
+                    progress.samples_per_s = round(median(recent), 3)
                 progress.participants = event.participants
             if event.compute_s > 0:
                 rate = event.local_batch / event.compute_s
@@ -94,6 +106,7 @@ class Telemetry:
     def forget(self, job_id: int) -> s.JobProgress | None:
         """The job ended: drop its live state, return its last progress."""
         self.first_done_at.pop(job_id, None)
+        self._recent_sps.pop(job_id, None)
         return self.progress.pop(job_id, None)
 
     def summarize(self, job_id: int, state: str) -> s.JobSummary:

@@ -1,0 +1,27 @@
+"""Live job progress folded from step records: the samples/s shown does not jump on one
+outlier step (a step that ends right after a heal reads many times too fast)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from potluck.contracts.events import StepEvent
+from potluck.coordinator.store import Store
+from potluck.coordinator.telemetry import Telemetry
+
+
+def step(i: int, sps: float) -> StepEvent:
+    return StepEvent(t=float(i), replica="a", slot=0, step=i, committed=True, participants=2,
+                     local_batch=64, compute_s=0.03, quorum_s=0.001, allreduce_s=0.01,
+                     commit_s=0.001, loss=1.0, samples_per_s=sps)
+
+
+def test_live_samples_per_s_ignores_one_outlier_step(tmp_path: Path) -> None:
+    telemetry = Telemetry(Store(tmp_path / "potluck.db"), tmp_path / "experiments")
+    node = {"id": 1, "name": "a"}
+    telemetry.ingest(node, 1, [step(i, 2300.0 + 20 * (i % 3)) for i in range(6)])
+    telemetry.ingest(node, 1, [step(6, 49_121.0)])
+    assert 2300 <= telemetry.progress[1].samples_per_s <= 2340
+    # A real change of speed shows once it lasts.
+    telemetry.ingest(node, 1, [step(i, 4600.0) for i in range(7, 22)])
+    assert telemetry.progress[1].samples_per_s == 4600.0
