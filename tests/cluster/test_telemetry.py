@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from potluck.contracts.events import StepEvent
+from potluck.contracts.events import AllocationEvent, StepEvent
 from potluck.coordinator.store import Store
 from potluck.coordinator.telemetry import Telemetry
 
@@ -25,3 +25,18 @@ def test_live_samples_per_s_ignores_one_outlier_step(tmp_path: Path) -> None:
     # A real change of speed shows once it lasts.
     telemetry.ingest(node, 1, [step(i, 4600.0) for i in range(7, 22)])
     assert telemetry.progress[1].samples_per_s == 4600.0
+
+
+def test_the_job_log_gets_each_rebalance_once_with_its_reason_and_the_loss(tmp_path: Path) -> None:
+    store = Store(tmp_path / "potluck.db")
+    telemetry = Telemetry(store, tmp_path / "experiments")
+    for slot, name in ((0, "a"), (1, "b")):
+        telemetry.ingest({"id": slot + 1, "name": name}, 1, [
+            AllocationEvent(t=1.0, replica=name, slot=slot, step=5, allocation={"0": 90, "1": 38},
+                            reason="node b measured 2.4x slower"),
+            *[step(i, 2000.0) for i in range(30)],
+        ])
+    lines = [(r["kind"], r["message"]) for r in store.events(1)]
+    assert lines.count(("allocation", "step 5: slot 0 90 / slot 1 38 (node b measured 2.4x slower)")) == 1
+    assert ("progress", "step 25: loss 1.0000, 2,000 samples/s, 2 participant(s)") in lines
+    assert len([k for k, _ in lines if k == "progress"]) == 1

@@ -23,6 +23,9 @@ from potluck.contracts.events import AllocationEvent, DoneEvent, StepEvent, even
 from potluck.coordinator.store import Store, dumps, loads
 
 
+LOG_EVERY = 25
+"""Committed steps between two progress lines in the job's event log."""
+
 SPS_WINDOW = 15
 """Committed step records whose median is the live samples/s."""
 
@@ -41,6 +44,8 @@ class Telemetry:
         """Job id -> when its first replica reported done."""
         self._dirty: set[int] = set()
         self._slot_names: dict[str, str] = {}
+        self._logged_alloc: dict[int, int] = {}
+        self._logged_step: dict[int, int] = {}
         self._recent_sps: dict[int, deque[float]] = {}
         """Job id -> per-step samples/s of the last committed steps (the live figure is their
         median: one step that ends just after a heal or a quorum change reads 20x too fast)."""
@@ -57,6 +62,7 @@ class Telemetry:
             line = event_json(event)
             rows.append((str(getattr(event, "type", "unknown")), getattr(event, "step", None), line))
             self._fold(progress, job_id, node["id"], event)
+            self._log(job_id, progress, event)
             if isinstance(event, DoneEvent):
                 done = line
                 self.first_done_at.setdefault(job_id, time.time())
@@ -95,6 +101,21 @@ class Telemetry:
             progress.shares = {self._slot_names.get(slot, f"slot {slot}"): round(b / total, 4)
                                for slot, b in alloc.items()}
 
+    def _log(self, job_id: int, progress: s.JobProgress, event: BaseModel) -> None:
+        """Job events for `potluck logs`: each allocation decision with its reason (once,
+        though every replica reports it) and the loss every ``LOG_EVERY`` committed steps."""
+        if isinstance(event, AllocationEvent) and event.step > self._logged_alloc.get(job_id, -1):
+            self._logged_alloc[job_id] = event.step
+            shares = " / ".join(f"{self._slot_names.get(slot, 'slot ' + slot)} {b}"
+                                for slot, b in sorted(event.allocation.items(), key=lambda kv: int(kv[0])))
+            self.store.event("allocation", f"step {event.step}: {shares} ({event.reason})", job_id=job_id)
+        elif (isinstance(event, StepEvent) and event.committed and event.step == progress.step
+              and event.step >= self._logged_step.get(job_id, 0) + LOG_EVERY):
+            self._logged_step[job_id] = event.step
+            loss = f"loss {progress.loss:.4f}, " if progress.loss is not None else ""
+            self.store.event("progress", f"step {event.step}: {loss}{progress.samples_per_s or 0:,.0f} "
+                             f"samples/s, {event.participants} participant(s)", job_id=job_id)
+
     def flush(self) -> None:
         self.store.save_progress({j: dumps(self.progress[j].model_dump())
                                   for j in self._dirty if j in self.progress})
@@ -107,6 +128,8 @@ class Telemetry:
         """The job ended: drop its live state, return its last progress."""
         self.first_done_at.pop(job_id, None)
         self._recent_sps.pop(job_id, None)
+        self._logged_alloc.pop(job_id, None)
+        self._logged_step.pop(job_id, None)
         return self.progress.pop(job_id, None)
 
     def summarize(self, job_id: int, state: str) -> s.JobSummary:
