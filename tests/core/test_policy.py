@@ -175,3 +175,34 @@ def test_proportional_without_launcher_profiles_uses_the_replicas_own() -> None:
     assert change is not None and change.step == 1 and change.allocation == {0: 200, 1: 100}
     assert "profiles received" in change.reason
     assert bal.observe(1, {0: (200, 0.2), 1: (100, 0.2)}, profiles={0: Speed(0, 1e-3)}) is None
+
+
+def test_noisy_identical_machines_do_not_make_the_balancer_flap() -> None:
+    """Three identical replicas with 20% timing jitter: the deadband alone rebalanced about
+    about every other interval; the noise-aware threshold at most half as often."""
+
+    def rebalances(plain: bool) -> tuple[int, dict[int, int]]:
+        rng = random.Random(3)
+        bal = Balancer(policy="dynamic", global_batch=512, rebalance_interval=5, deadband=0.05)
+        if plain:
+            bal.threshold = lambda members: bal.deadband
+        bal.allocation_for([0, 1, 2], 0)
+        for step in range(200):
+            bal.observe(step, {s: (b, (0.004 + 1e-4 * b) * rng.lognormvariate(0, 0.2))
+                               for s, b in bal.allocation.items()})
+        return bal.rebalances, bal.allocation
+
+    flapping, _ = rebalances(plain=True)
+    calm, allocation = rebalances(plain=False)
+    assert flapping >= 20 and calm <= 15 and 2 * calm <= flapping
+    assert min(allocation.values()) >= 0.7 * 512 / 3  # nobody starved (the report ended 481/31/0)
+
+
+def test_a_real_speed_difference_still_moves_the_split_under_noise() -> None:
+    rng = random.Random(5)
+    bal = Balancer(policy="dynamic", global_batch=512, rebalance_interval=5, deadband=0.05)
+    bal.allocation_for([0, 1], 0)
+    for step in range(60):
+        bal.observe(step, {s: (b, (0.004 + 1e-4 * b / (1.0 if s == 0 else 0.4)) * rng.lognormvariate(0, 0.2))
+                           for s, b in bal.allocation.items()})
+    assert bal.allocation[0] > 1.8 * bal.allocation[1]

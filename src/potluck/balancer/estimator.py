@@ -4,7 +4,8 @@ Each observation ``(b, t)`` updates exponentially decayed sufficient statistics 
 squares line (n, Σb, Σt, Σb², Σbt), so estimates follow a device that slows down within a
 few rebalance intervals. When the recent batches barely vary, the intercept cannot be told
 apart from the slope; then the last known overhead (or the prior) is kept and only the slope
-is refitted.
+is refitted. The relative residuals of new measurements against the fit give each slot's
+noise (:meth:`SpeedEstimator.noise`), which the balancer uses so it does not chase noise.
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from potluck.balancer.policy import Speed
+
+
+NOISE_DECAY = 0.5
+"""Weight of the past in the noise estimate: shorter memory than the fit, so the residuals of
+a device that slowed down (large until the fit follows it) leave the estimate within steps."""
 
 
 @dataclass
@@ -22,13 +28,31 @@ class _Stats:
     sbb: float = 0.0
     sbt: float = 0.0
     overhead_s: float = 0.0
+    nr: float = 0.0
+    sr: float = 0.0
+    srr: float = 0.0
+    """Decayed count, sum and sum of squares of relative residuals (measured vs predicted)."""
 
     def add(self, b: float, t: float, decay: float) -> None:
+        before = self.fit()
+        if before is not None and before.time(b) > 0:
+            rel = (t - before.time(b)) / before.time(b)
+            self.nr = self.nr * NOISE_DECAY + 1.0
+            self.sr = self.sr * NOISE_DECAY + rel
+            self.srr = self.srr * NOISE_DECAY + rel * rel
         self.n = self.n * decay + 1.0
         self.sb = self.sb * decay + b
         self.st = self.st * decay + t
         self.sbb = self.sbb * decay + b * b
         self.sbt = self.sbt * decay + b * t
+
+    def spread(self) -> float:
+        """Spread of the relative residuals around their own mean: a device that slowed down
+        leaves residuals that are large but alike while the fit catches up, not noise."""
+        if self.nr <= 0:
+            return 0.0
+        mean = self.sr / self.nr
+        return max(0.0, self.srr / self.nr - mean * mean) ** 0.5
 
     def fit(self) -> Speed | None:
         if self.n <= 0 or self.sb <= 0:
@@ -65,6 +89,14 @@ class SpeedEstimator:
     def estimate(self, slot: int) -> Speed | None:
         stats = self._stats.get(slot)
         return stats.fit() if stats else None
+
+    def noise(self, slot: int) -> float:
+        """Relative spread of ``slot``'s measured times around its fit (0.2: +-20% a step).
+
+        The spread around the residuals' own mean: a device that slowed down leaves residuals
+        that are large but alike (a change the fit catches up with), not noise."""
+        stats = self._stats.get(slot)
+        return stats.spread() if stats else 0.0
 
     def known(self) -> set[int]:
         return {s for s, st in self._stats.items() if st.n > 0}
