@@ -163,13 +163,13 @@ class Jobs:
         if job is None:
             return None
         row = self.store.replica(job["id"], node_id)
-        if row is not None and row["state"] in FINAL_REPLICA:
+        if row is not None and row["state"] in FINAL_REPLICA and not self._left_and_back(row, node):
             return None
         node = node or self.membership.node(node_id)
         config = self.spec(job)
         if node["slot"] >= config.fault.max_replicas:
             return None  # the job has no room for this slot (raise max_replicas)
-        if row is None or row["state"] == "lost":
+        if row is None or row["state"] == "lost" or self._left_and_back(row, node):
             if job["id"] in self.telemetry.first_done_at:
                 return None  # the job is finishing: no late joiners
             verb = "re-assigned" if row is not None else "assigned"
@@ -179,6 +179,14 @@ class Jobs:
                             lighthouse=self.config.lighthouse, job=config,
                             go=job["id"] in self.released,
                             secret=job_secret(self._job_key, job["id"], job["created_at"]))
+
+    def _left_and_back(self, row: Any, node: Any) -> bool:
+        """The node left cleanly mid-job (its replica was stopped) and is alive again: it
+        rejoins the running job like a node that was lost."""
+        if row["state"] != "stopped":
+            return False
+        node = node or self.membership.node(row["node_id"])
+        return node["state"] == "alive"
 
     # ending --------------------------------------------------------------------------------
 
