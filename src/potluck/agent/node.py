@@ -39,6 +39,10 @@ from potluck.log import get_logger
 log = get_logger("agent")
 
 MAX_BACKOFF_S = 15.0
+MAX_RESTARTS = 5
+"""Times one job's replica is restarted on this node after a crash before it counts as failed."""
+RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0)
+"""Wait before restart 1, 2, ... (bounded: a replica that crashes at once does not spin)."""
 MAX_BUFFERED_RECORDS = 200_000
 METRICS_BATCH = 1000
 
@@ -108,6 +112,10 @@ class Agent:
         self.finished_reports: dict[int, s.ReplicaReport] = {}
         self.node_id: int | None = None
         self.registration: s.RegisterResponse | None = None
+        self.restarts: dict[int, int] = {}
+        """Job id -> crashed replicas restarted so far."""
+        self._restart_at: tuple[int, float] | None = None
+        """A crashed replica's job and when (monotonic) to start it again."""
         self.interval_s = 1.0
 
     # joining --------------------------------------------------------------------------------
@@ -211,6 +219,17 @@ class Agent:
         if runner.finished:
             runner.stop()
             self.runner = None
+            done = self.restarts.get(report.job_id, 0)
+            if report.state == "failed" and done < MAX_RESTARTS:
+                delay = RESTART_BACKOFF_S[min(done, len(RESTART_BACKOFF_S) - 1)]
+                self.restarts[report.job_id] = done + 1
+                self._restart_at = (report.job_id, time.monotonic() + delay)
+                why = f"{report.message}; restarting in {delay:.0f} s ({done + 1} of {MAX_RESTARTS})"
+                self.on_event(f"job {report.job_id}: replica {why}")
+                reports.append(report.model_copy(update={"state": "starting", "message": why}))
+                return reports
+            if report.state == "failed" and done:
+                report = report.model_copy(update={"message": f"{report.message} (after {done} restarts)"})
             self.finished_reports[report.job_id] = report
             level = "finished" if report.state == "done" else f"failed: {report.message}"
             self.on_event(f"job {report.job_id}: replica {level}")
@@ -237,9 +256,15 @@ class Agent:
             self.runner = None
         elif runner is not None and assignment is not None and assignment.go and runner.waiting:
             runner.release()
+        if self._restart_at is not None and (assignment is None or assignment.job_id != self._restart_at[0]):
+            self._restart_at = None  # the crashed replica's job is over or no longer ours
         if assignment is not None and self.runner is None:
             if assignment.job_id in self.finished_reports:
                 return  # our final report has not reached the host yet
+            if self._restart_at is not None:
+                if time.monotonic() < self._restart_at[1]:
+                    return  # backing off after a crash
+                self._restart_at = None
             self.on_event(f"job {assignment.job_id}: starting a replica in slot {assignment.slot}")
             self.runner = ReplicaRunner(assignment, self.config.node, self.config.state_dir / "runs")
 

@@ -56,6 +56,18 @@ def replica_env(settings: NodeSettings, base: dict[str, str] | None = None) -> d
     return env
 
 
+def exit_reason(code: int, last_line: str = "") -> str:
+    """Why a replica ended, for humans: ``killed by signal 9 (SIGKILL)`` or ``exited with
+    code 1: <its last log line>``. Pure."""
+    if code < 0:
+        try:
+            name = f" ({signal.Signals(-code).name})"
+        except ValueError:
+            name = ""
+        return f"killed by signal {-code}{name}"
+    return f"exited with code {code}" + (f": {last_line}" if last_line else "")
+
+
 class ReplicaRunner:
     """One replica process: start, poll, tail its metrics, stop."""
 
@@ -140,7 +152,7 @@ class ReplicaRunner:
             state="failed",
             step=self._last_step,
             exit_code=code,
-            message=self.last_log_line() or f"replica exited with code {code}",
+            message=exit_reason(code, self.last_log_line()),
         )
 
     def last_log_line(self) -> str:

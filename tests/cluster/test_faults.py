@@ -1,0 +1,67 @@
+"""Faults injected into a real cluster (host and agents as separate processes): the job goes
+on, committed steps are kept, every replica ends with the same parameters, and what potluck
+reports is what happened. The fault matrix is in docs/reliability.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from cluster_helpers import wait_until
+from test_cluster import JOB, job, job_yaml
+
+from conftest import Cluster
+
+
+def replica_pid(run_dir: Path) -> int | None:
+    """The pid of the replica process started with ``run_dir/spec.json``."""
+    spec = str(run_dir / "spec.json")
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if spec.encode() in argv:
+                return int(entry.name)
+    return None
+
+
+def done_records(cluster: Cluster, job_id: int) -> list[dict[str, Any]]:
+    folder = cluster.host_dir / "experiments" / f"job-{job_id}" / "replicas"
+    return [rec for path in folder.glob("*.jsonl") for rec in map(json.loads, path.read_text().splitlines())
+            if rec["type"] == "done"]
+
+
+def test_a_crashed_replica_is_restarted_heals_and_the_job_ends_identical(cluster: Cluster) -> None:
+    host = cluster.start_host("127.0.0.2")
+    cluster.start_agent(host, "b", "127.0.0.3", 1.0)
+    cluster.start_agent(host, "c", "127.0.0.4", 1.0)
+    wait_until(lambda: len(cluster.nodes()) == 2, 60, "two nodes to join")
+    out = cluster.cli("train", *JOB, "--steps", "150", "--config", job_yaml(cluster), "--detach", "--json")
+    assert out.returncode == 0, out.stderr
+    job_id = json.loads(out.stdout)["job_id"]
+    wait_until(lambda: job(cluster, job_id)["progress"]["step"] >= 10, 90, "training to reach step 10")
+
+    first = cluster.tmp / "agent-c" / "runs" / f"job-{job_id}" / "attempt-1"
+    pid = wait_until(lambda: replica_pid(first), 10, "c's replica process")
+    os.kill(pid, signal.SIGKILL)  # the replica alone dies (out of memory, a driver reset)
+
+    logs = lambda: cluster.cli("logs", str(job_id)).stdout  # noqa: E731
+    wait_until(lambda: "killed by signal 9 (SIGKILL); restarting in 1 s (1 of 5)" in logs(), 30,
+               "the crash to be reported with its signal")
+    second = first.parent / "attempt-2" / "replicas" / "c.jsonl"
+    wait_until(second.exists, 60, "c's replica to be restarted")
+
+    final = wait_until(lambda: (j := job(cluster, job_id))["state"] in ("succeeded", "failed") and j, 180,
+                       "the job to end")
+    assert final["state"] == "succeeded", final
+    assert sorted(r["node"] for r in final["replicas"] if r["state"] == "done") == ["b", "c"]
+    done = done_records(cluster, job_id)
+    assert len(done) == 2 and len({d["params_sha256"] for d in done}) == 1
+    healed = [r for r in map(json.loads, second.read_text().splitlines()) if r["type"] == "step" and r["committed"]]
+    assert healed and healed[0]["step"] > 10  # it healed from b, it did not start over
+    assert final["summary"]["steps"] == 150
