@@ -65,3 +65,75 @@ def test_a_crashed_replica_is_restarted_heals_and_the_job_ends_identical(cluster
     healed = [r for r in map(json.loads, second.read_text().splitlines()) if r["type"] == "step" and r["committed"]]
     assert healed and healed[0]["step"] > 10  # it healed from b, it did not start over
     assert final["summary"]["steps"] == 150
+
+
+def test_host_restart_with_its_local_agent_mid_job_finishes_on_every_node(cluster: Cluster) -> None:
+    """Ctrl-C on `potluck host` mid-job and start it again with the same state dir: the
+    friend's replica rides through, the host's own agent gets the job back, and the job ends
+    on both nodes with identical parameters."""
+    from cluster_helpers import free_port
+
+    port, lh_port = free_port("127.0.0.2"), free_port("127.0.0.2")
+    args = ("--port", str(port), "--lighthouse-port", str(lh_port), "--name", "hostbox", "--emulate-speed", "1.0")
+    host = cluster.start_host("127.0.0.2", *args, local_agent=True)
+    cluster.start_agent(host, "b", "127.0.0.3", 1.0)
+    wait_until(lambda: len(cluster.nodes()) == 2, 60, "two nodes to join")
+    out = cluster.cli("train", *JOB, "--steps", "150", "--config", job_yaml(cluster), "--detach", "--json")
+    job_id = json.loads(out.stdout)["job_id"]
+    wait_until(lambda: job(cluster, job_id)["progress"]["step"] >= 10, 90, "training to reach step 10")
+
+    assert cluster.stop(host["proc"], signal.SIGINT) == 0  # Ctrl-C
+    cluster.start_host("127.0.0.2", *args, name="host-again", local_agent=True)
+    final = wait_until(lambda: (j := job(cluster, job_id))["state"] in ("succeeded", "failed") and j, 180,
+                       "the job to end")
+    assert final["state"] == "succeeded", final
+    assert sorted(r["node"] for r in final["replicas"] if r["state"] == "done") == ["b", "hostbox"], final
+    done = done_records(cluster, job_id)
+    assert len({d["params_sha256"] for d in done}) == 1 and len(done) >= 2
+    assert final["summary"]["steps"] == 150
+
+
+def local_agents(state_dir: Path) -> list[int]:
+    """Pids of `potluck join` processes on the host's local-agent directory."""
+    target = str(state_dir / "local-agent").encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"join" in argv and target in argv:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_host_killed_hard_keeps_its_old_local_agent_instead_of_a_second_one(cluster: Cluster) -> None:
+    """`kill -9` of the host leaves its local agent running; the new host adopts it (one agent
+    for the machine, not two in one slot), the job ends on both nodes, and stopping the new
+    host stops the adopted agent too."""
+    from cluster_helpers import free_port
+
+    port, lh_port = free_port("127.0.0.2"), free_port("127.0.0.2")
+    args = ("--port", str(port), "--lighthouse-port", str(lh_port), "--name", "hostbox", "--emulate-speed", "1.0")
+    host = cluster.start_host("127.0.0.2", *args, local_agent=True)
+    cluster.start_agent(host, "b", "127.0.0.3", 1.0)
+    wait_until(lambda: len(cluster.nodes()) == 2, 60, "two nodes to join")
+    old_agent = local_agents(cluster.host_dir)
+    assert len(old_agent) == 1
+    out = cluster.cli("train", *JOB, "--steps", "120", "--config", job_yaml(cluster), "--detach", "--json")
+    job_id = json.loads(out.stdout)["job_id"]
+    wait_until(lambda: job(cluster, job_id)["progress"]["step"] >= 10, 90, "training to reach step 10")
+
+    cluster.stop(host["proc"], signal.SIGKILL)
+    again = cluster.start_host("127.0.0.2", *args, name="host-again", local_agent=True)
+    wait_until(lambda: "still running: keeping it" in again["proc"].log.read_text(), 30, "the adoption")
+    final = wait_until(lambda: (j := job(cluster, job_id))["state"] in ("succeeded", "failed") and j, 180,
+                       "the job to end")
+    assert final["state"] == "succeeded", final
+    assert sorted(r["node"] for r in final["replicas"] if r["state"] == "done") == ["b", "hostbox"], final
+    assert local_agents(cluster.host_dir) == old_agent  # no second agent on the node
+    assert set(cluster.nodes()) == {"b", "hostbox"}
+
+    assert cluster.stop(again["proc"]) == 0
+    wait_until(lambda: not local_agents(cluster.host_dir), 30, "the adopted agent to stop")

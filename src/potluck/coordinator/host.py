@@ -16,6 +16,8 @@ State dir layout::
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -138,6 +140,22 @@ def loopback_sockets(advertise: str, port: int) -> list[socket.socket]:
         return []
 
 
+def agent_lock_holder(agent_dir: Path) -> int | None:
+    """Pid of the live agent holding ``agent_dir/agent.lock`` (see ``agent.devices``), or None."""
+    path = agent_dir / "agent.lock"
+    if not path.exists():
+        return None
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            text = fh.read().strip()
+            return int(text) if text.isdigit() else None
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return None
+
+
 def read_host_file(state_dir: Path) -> dict[str, object] | None:
     """``host.json`` of a running host in ``state_dir``, or None."""
     try:
@@ -179,6 +197,8 @@ class Host:
             ),
         )
         self.agent: subprocess.Popen[bytes] | None = None
+        self.adopted_agent: int | None = None
+        """Pid of a local agent left running by a previous host process, kept (not duplicated)."""
 
     def serve(self, on_ready: Callable[[], None] | None = None) -> None:
         import uvicorn
@@ -243,9 +263,17 @@ class Host:
             for sock in self.sockets:
                 sock.close()
 
-    def _start_local_agent(self) -> subprocess.Popen[bytes]:
+    def _start_local_agent(self) -> subprocess.Popen[bytes] | None:
         agent_dir = self.config.state_dir / "local-agent"
         agent_dir.mkdir(parents=True, exist_ok=True)
+        survivor = agent_lock_holder(agent_dir)
+        if survivor is not None:
+            # A host killed with -9 left its agent running: it reconnects to this host by
+            # itself (same node, same slot, its replica still training). Adopt it rather than
+            # start a second agent on the same node.
+            log.warning("the local agent of the previous run (pid %s) is still running: keeping it", survivor)
+            self.adopted_agent = survivor
+            return None
         cmd = [
             sys.executable, "-m", "potluck", "join", f"{url_host(self.config.advertise)}:{self.config.port}",
             "--state-dir", str(agent_dir), "--advertise", self.config.advertise,
@@ -257,6 +285,10 @@ class Host:
         return subprocess.Popen(cmd, env=env, stdout=logfile, stderr=subprocess.STDOUT)
 
     def _stop_local_agent(self) -> None:
+        if self.adopted_agent is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.adopted_agent, signal.SIGINT)  # it leaves the cluster cleanly
+            self.adopted_agent = None
         if self.agent is None or self.agent.poll() is not None:
             return
         self.agent.send_signal(signal.SIGINT)  # the agent leaves the cluster cleanly
