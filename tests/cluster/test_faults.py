@@ -137,3 +137,29 @@ def test_host_killed_hard_keeps_its_old_local_agent_instead_of_a_second_one(clus
 
     assert cluster.stop(again["proc"]) == 0
     wait_until(lambda: not local_agents(cluster.host_dir), 30, "the adopted agent to stop")
+
+
+def test_every_agent_killed_and_restarted_says_training_started_over(cluster: Cluster) -> None:
+    """All machines vanish at once mid-job (agents and replicas killed) and come back: no
+    peer is left to heal from, so training starts over. Until checkpoints exist that is what
+    happens; it is never silent: the log, the job's message and the summary say it."""
+    host = cluster.start_host("127.0.0.2")
+    agents = [cluster.start_agent(host, n, a, 1.0) for n, a in (("b", "127.0.0.3"), ("c", "127.0.0.4"))]
+    wait_until(lambda: len(cluster.nodes()) == 2, 60, "two nodes to join")
+    out = cluster.cli("train", *JOB, "--steps", "60", "--config", job_yaml(cluster), "--detach", "--json")
+    job_id = json.loads(out.stdout)["job_id"]
+    wait_until(lambda: job(cluster, job_id)["progress"]["step"] >= 25, 90, "training to reach step 25")
+    for agent in agents:
+        cluster.stop(agent, signal.SIGKILL)  # the replicas die with their agents
+    wait_until(lambda: all(n["state"] == "lost" for n in cluster.nodes().values()), 30, "both nodes lost")
+    for n, a in (("b", "127.0.0.3"), ("c", "127.0.0.4")):
+        cluster.start_agent(host, n, a, 1.0)
+
+    final = wait_until(lambda: (j := job(cluster, job_id))["state"] in ("succeeded", "failed") and j, 180,
+                       "the job to end")
+    assert final["state"] == "succeeded", final
+    assert "restarted from scratch once after every replica was lost" in final["message"], final["message"]
+    assert final["summary"]["restarts"] == 1 and final["summary"]["steps_lost"] >= 25
+    assert "training restarted from step 0: every replica was lost" in cluster.cli("logs", str(job_id)).stdout
+    done = done_records(cluster, job_id)
+    assert len(done) == 2 and len({d["params_sha256"] for d in done}) == 1

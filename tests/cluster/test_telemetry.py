@@ -40,3 +40,21 @@ def test_the_job_log_gets_each_rebalance_once_with_its_reason_and_the_loss(tmp_p
     assert lines.count(("allocation", "step 5: slot 0 90 / slot 1 38 (node b measured 2.4x slower)")) == 1
     assert ("progress", "step 25: loss 1.0000, 2,000 samples/s, 2 participant(s)") in lines
     assert len([k for k, _ in lines if k == "progress"]) == 1
+
+
+def test_a_replica_going_back_to_step_0_is_a_restart_that_is_counted_and_logged(tmp_path: Path) -> None:
+    store = Store(tmp_path / "potluck.db")
+    telemetry = Telemetry(store, tmp_path / "experiments")
+    a, b = {"id": 1, "name": "a"}, {"id": 2, "name": "b"}
+    telemetry.ingest(a, 1, [step(i, 2000.0) for i in range(20)])
+    telemetry.ingest(b, 1, [step(i, 2000.0) for i in range(15)])  # b posts late: not a restart
+    assert telemetry.progress[1].restarts == 0
+    # Every replica was lost; the new ones start from step 0 with nobody to heal from.
+    telemetry.ingest(a, 1, [step(i, 2000.0) for i in range(3)])
+    telemetry.ingest(b, 1, [step(i, 2000.0) for i in range(3)])
+    progress = telemetry.progress[1]
+    assert (progress.restarts, progress.steps_lost, progress.step) == (1, 20, 2)
+    assert any("training restarted from step 0: every replica was lost after step 19" in r["message"]
+               for r in store.events(1))
+    summary = telemetry.summarize(1, "succeeded")
+    assert (summary.restarts, summary.steps_lost) == (1, 20)

@@ -89,6 +89,9 @@ def summary_table(summary: s.JobSummary) -> Table:
         ("test accuracy", f"{summary.test_accuracy:.3f}" if summary.test_accuracy is not None else "-"),
         ("results", summary.run_dir),
     ]
+    if summary.restarts:
+        rows.insert(2, ("restarted from scratch", f"{summary.restarts}x after every replica was lost "
+                        f"({summary.steps_lost} committed steps trained again)"))
     for what, value in rows:
         table.add_row(what, escape(str(value)))
     return table

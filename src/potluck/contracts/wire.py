@@ -162,6 +162,10 @@ class JobProgress(Strict):
     participants: int | None = None
     shares: dict[str, float] = Field(default_factory=dict)
     """Node name -> fraction of the global batch in the latest allocation."""
+    restarts: int = 0
+    """Times training started over because every replica was lost at once."""
+    steps_lost: int = 0
+    """Committed steps trained again after those restarts."""
 
 
 class JobSummary(Strict):
@@ -175,6 +179,10 @@ class JobSummary(Strict):
     final_loss: float | None
     test_accuracy: float | None
     run_dir: str
+    restarts: int = 0
+    """Times training started over from step 0 because every replica was lost at once."""
+    steps_lost: int = 0
+    """Committed steps trained again after those restarts."""
 
 
 class JobReplica(Strict):

@@ -180,6 +180,15 @@ class Jobs:
                             go=job["id"] in self.released,
                             secret=job_secret(self._job_key, job["id"], job["created_at"]))
 
+    def _restarted(self, job_id: int) -> str:
+        """What the job's end message must add when training started over (never silent)."""
+        progress = self.telemetry.progress.get(job_id)
+        if progress is None or not progress.restarts:
+            return ""
+        times = "once" if progress.restarts == 1 else f"{progress.restarts} times"
+        return (f"; restarted from scratch {times} after every replica was lost "
+                f"({progress.steps_lost} committed steps trained again)")
+
     def _left_and_back(self, row: Any, node: Any) -> bool:
         """The node left cleanly mid-job (its replica was stopped) and is alive again: it
         rejoins the running job like a node that was lost."""
@@ -216,10 +225,11 @@ class Jobs:
                 self.store.event("job", f"training starts ({why})", job_id=job_id)
         done = [r for r in replicas if r["done"] or r["state"] == "done"]
         first_done = self.telemetry.first_done_at.get(job_id, now)
+        restarted = self._restarted(job_id)
         if done and not active:
-            self.finish(job_id, "succeeded", f"finished on {len(done)} node(s)")
+            self.finish(job_id, "succeeded", f"finished on {len(done)} node(s){restarted}")
         elif done and now - first_done > STRAGGLER_GRACE_S:
-            self.finish(job_id, "succeeded", "finished (stragglers stopped)")
+            self.finish(job_id, "succeeded", f"finished (stragglers stopped){restarted}")
         elif active or not replicas:
             self._no_active_since.pop(job_id, None)
         elif all(r["state"] == "failed" for r in replicas):

@@ -44,6 +44,10 @@ class Telemetry:
         """Job id -> when its first replica reported done."""
         self._dirty: set[int] = set()
         self._slot_names: dict[str, str] = {}
+        self._restarted_nodes: dict[int, set[int]] = {}
+        """Job id -> nodes whose replica went back to an early step in the latest restart."""
+        self._node_step: dict[tuple[int, int], int] = {}
+        """(job id, node id) -> the node's last committed step."""
         self._logged_alloc: dict[int, int] = {}
         self._logged_step: dict[int, int] = {}
         self._recent_sps: dict[int, deque[float]] = {}
@@ -76,6 +80,7 @@ class Telemetry:
 
     def _fold(self, progress: s.JobProgress, job_id: int, node_id: int, event: BaseModel) -> None:
         if isinstance(event, StepEvent) and event.committed:
+            self._check_restart(progress, job_id, node_id, event)
             if event.step >= progress.step:
                 progress.step = event.step
                 progress.loss = event.loss if event.loss is not None else progress.loss
@@ -100,6 +105,29 @@ class Telemetry:
                 self._slot_names = {str(r["slot"]): r["name"] for r in self.store.nodes()}
             progress.shares = {self._slot_names.get(slot, f"slot {slot}"): round(b / total, 4)
                                for slot, b in alloc.items()}
+
+    def _check_restart(self, progress: s.JobProgress, job_id: int, node_id: int, event: StepEvent) -> None:
+        """A replica's committed steps only go forward (a rejoining replica heals from a peer
+        and jumps ahead). One that goes back started over without a peer to heal from: every
+        replica was lost at once. Never hide it: count it, log it, reset the progress."""
+        last = self._node_step.get((job_id, node_id))
+        self._node_step[(job_id, node_id)] = event.step
+        if last is None or event.step >= last:
+            return
+        # The other replicas of the same restart go back too: count it once.
+        same = self._restarted_nodes.setdefault(job_id, set())
+        if same and node_id not in same:
+            same.add(node_id)
+            return
+        same.clear()
+        same.add(node_id)
+        lost = progress.step + 1 - event.step
+        progress.restarts += 1
+        progress.steps_lost += lost
+        self.store.event("job", f"training restarted from step {event.step}: every replica was lost "
+                         f"after step {progress.step} ({lost} committed steps are trained again)",
+                         job_id=job_id)
+        progress.step = event.step
 
     def _log(self, job_id: int, progress: s.JobProgress, event: BaseModel) -> None:
         """Job events for `potluck logs`: each allocation decision with its reason (once,
@@ -129,6 +157,9 @@ class Telemetry:
         self.first_done_at.pop(job_id, None)
         self._recent_sps.pop(job_id, None)
         self._logged_alloc.pop(job_id, None)
+        self._restarted_nodes.pop(job_id, None)
+        for key in [k for k in self._node_step if k[0] == job_id]:
+            del self._node_step[key]
         self._logged_step.pop(job_id, None)
         return self.progress.pop(job_id, None)
 
@@ -164,6 +195,8 @@ class Telemetry:
             final_loss=mean([d.final_loss for d in done]),
             test_accuracy=mean([d.test_accuracy for d in done]),
             run_dir=str(self.run_dir(job_id)),
+            restarts=progress.restarts if (progress := self.progress.get(job_id)) else 0,
+            steps_lost=progress.steps_lost if progress else 0,
         )
 
     def write_summary(self, summary: s.JobSummary) -> None:
