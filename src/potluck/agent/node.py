@@ -31,6 +31,7 @@ from potluck.contracts.errors import (
     ConflictError,
     HostUnreachableError,
     NotFoundError,
+    StorageError,
 )
 from potluck.contracts.versions import local_versions, require_same_versions
 from potluck.coordinator.auth import write_private
@@ -149,7 +150,7 @@ class Agent:
 
     def run(self) -> None:
         """Heartbeat until :meth:`stop`; then stop the replica and leave the cluster."""
-        backoff, outage_since = 0.0, None
+        backoff, outage_since, host_error = 0.0, None, ""
         self.services = [factory(self) for factory in self._service_factories]
         for service in self.services:
             service.start()
@@ -157,6 +158,9 @@ class Agent:
             while not self.stop_event.is_set():
                 try:
                     self._once()
+                    if host_error:
+                        self.on_event("the host answers normally again")
+                    host_error = ""
                     if outage_since is not None:
                         self.on_event(f"reconnected to {self.config.url} after {time.time() - outage_since:.0f} s")
                     backoff, outage_since = 0.0, None
@@ -175,8 +179,10 @@ class Agent:
                     else:
                         self.on_event(f"host error: {exc}")
                         wait = self.interval_s
-                except (ApiResponseError, ConflictError) as exc:
-                    self.on_event(f"host error: {exc}")
+                except (ApiResponseError, ConflictError, StorageError) as exc:
+                    if str(exc) != host_error:  # once per problem, not every heartbeat
+                        self.on_event(f"host error: {exc}")
+                    host_error = str(exc)
                     wait = self.interval_s
                 self.stop_event.wait(wait)
         finally:

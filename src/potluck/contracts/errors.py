@@ -137,6 +137,13 @@ class MissingTokenError(AuthError):
     exit_code = 2
 
 
+class StorageError(ClusterError):
+    """The host's database cannot be read or written (disk full, I/O error, a corrupt file).
+    The API answers 503 with the reason; it clears when the cause is fixed."""
+
+    http_status = 503
+
+
 class PreflightError(ClusterError):
     """The pre-flight check before a job found a problem that would make the job fail."""
 
@@ -157,4 +164,6 @@ def error_for_status(status: int, detail: str, payload: dict[str, Any]) -> Potlu
         return ConflictError(detail)
     if status == 422:
         return ConfigError(detail)
+    if status == 503:
+        return StorageError(detail)
     return ApiResponseError(status, detail)

@@ -13,11 +13,15 @@ from __future__ import annotations
 import time
 
 from potluck.contracts import wire as s
+from potluck.contracts.errors import StorageError
 from potluck.coordinator.config import CoordinatorConfig
 from potluck.coordinator.jobs import Jobs
 from potluck.coordinator.membership import Membership
 from potluck.coordinator.store import Store
 from potluck.coordinator.telemetry import Telemetry
+from potluck.log import get_logger
+
+log = get_logger("coordinator")
 
 __all__ = ["Coordinator", "CoordinatorConfig"]
 
@@ -33,6 +37,8 @@ class Coordinator:
         self.lifecycle = Jobs(store, config, self.membership, self.telemetry)
         self.closing = False
         """Set when the host shuts down: long-polling routes return at once."""
+        self.storage_problem: str | None = None
+        """Why the database cannot be written now (None: it can)."""
         store.event("coordinator", "coordinator started")
 
     def info(self) -> s.ClusterInfo:
@@ -93,10 +99,21 @@ class Coordinator:
     # housekeeping --------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Once a second: flush heartbeats and progress, mark silent nodes lost, move jobs on."""
+        """Once a second: flush heartbeats and progress, mark silent nodes lost, move jobs on.
+
+        Each part runs even when another fails (a full disk must not stop nodes being marked
+        lost); a storage failure is logged once when it starts and once when it clears."""
         now = time.time()
-        self.membership.flush(self.telemetry.measured)
-        self.membership.mark_lost(now)
-        self.telemetry.flush()
-        self.lifecycle.advance(now)
-        self.lifecycle.start_queued()
+        failed: StorageError | None = None
+        for part in (lambda: self.membership.flush(self.telemetry.measured),
+                     lambda: self.membership.mark_lost(now), self.telemetry.flush,
+                     lambda: self.lifecycle.advance(now), self.lifecycle.start_queued):
+            try:
+                part()
+            except StorageError as exc:
+                failed = failed or exc
+        if failed is not None and self.storage_problem is None:
+            log.error("%s", failed)
+        elif failed is None and self.storage_problem is not None:
+            log.warning("the database can be written again")
+        self.storage_problem = str(failed) if failed else None

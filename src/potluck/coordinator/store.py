@@ -7,6 +7,7 @@ structured (hardware, versions, job config) are stored as JSON text, never pickl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from potluck.contracts.errors import ConflictError
+from potluck.contracts.errors import ConflictError, StorageError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -97,14 +98,42 @@ class Store:
     doctor's rounds) is here. Methods are short transactions; thread-safe."""
 
     def __init__(self, path: str | Path) -> None:
+        """Open (or create) the database and check it. Raises StorageError, one line with the
+        fix, for a file that is not a sound SQLite database; such a file is left untouched."""
         self.path = Path(path)
-        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
         self._lock = threading.RLock()
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA busy_timeout=5000")
-        self._conn.executescript(SCHEMA)
+        try:
+            self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise self._storage_error(exc) from None
+        self._conn.row_factory = sqlite3.Row
+        try:
+            # Before anything writes: a damaged file must stay as it is for the user to rescue.
+            verdict = self._conn.execute("PRAGMA quick_check").fetchone()[0]
+            if verdict != "ok":
+                first = str(verdict).strip().splitlines()[-1][:120]
+                raise sqlite3.DatabaseError(f"database disk image is malformed: {first}")
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA busy_timeout=5000")
+            self._conn.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise self._storage_error(exc) from None
+
+    def _storage_error(self, exc: sqlite3.Error) -> StorageError:
+        """What went wrong with the database, and the fix, in one line."""
+        text = str(exc)
+        where = self.path.parent
+        if "full" in text:
+            return StorageError(f"the disk holding {where} is full ({text}): free space there; "
+                                "the host goes on by itself once writes succeed")
+        if "not a database" in text or "malformed" in text or "corrupt" in text:
+            return StorageError(f"{self.path} is damaged ({text}): move it aside (e.g. `mv "
+                                f"{self.path} {self.path}.broken`) and start `potluck host` again "
+                                "(it starts with no nodes or jobs), or pass another --state-dir")
+        return StorageError(f"cannot use the host's database {self.path} ({text}): check the disk "
+                            f"and the permissions of {where}")
 
     def close(self) -> None:
         with self._lock:
@@ -112,19 +141,29 @@ class Store:
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """One transaction; rolled back if the body raises (nothing half-written)."""
+        """One transaction; rolled back if the body raises (nothing half-written). A database
+        error becomes StorageError (the API answers 503 with its reason)."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+                raise self._storage_error(exc) from None
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+            try:
+                return self._conn.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise self._storage_error(exc) from None
 
     def event(self, kind: str, message: str, *, job_id: int | None = None,
               node_id: int | None = None) -> None:
