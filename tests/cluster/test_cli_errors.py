@@ -107,3 +107,17 @@ def test_host_json_is_one_line_a_script_can_read(cluster: Cluster) -> None:
     assert len(lines) == 1
     info = json.loads(lines[0])
     assert info["url"] == host["url"] and info["port"] == host["port"] and "join" in info
+
+
+def test_doctor_honours_potluck_host_and_token_and_shows_each_check_once(cluster: Cluster) -> None:
+    host = cluster.start_host("127.0.0.2", "--name", "hostbox", local_agent=True)
+    wait_until(lambda: "hostbox" in cluster.nodes(), 60, "the local agent to join")
+    target = host["url"].removeprefix("http://")
+    out = cluster.run("doctor", "--json", "--name", "friend", POTLUCK_HOST=target, POTLUCK_TOKEN=host["token"])
+    checks = {c["id"]: c for c in json.loads(out.stdout)["checks"]}
+    assert checks["host.token"]["status"] == "ok" and checks["host.coordinator"]["status"] == "ok", out.stdout
+
+    out = cluster.cli("doctor", "--cluster", "--json", "--name", "hostbox", timeout=120)
+    pairs = [(c["node"], c["id"]) for c in json.loads(out.stdout)["checks"]]
+    assert ("hostbox", "versions") in pairs and ("hostbox", "host.token") in pairs
+    assert len(pairs) == len(set(pairs)), sorted(p for p in pairs if pairs.count(p) > 1)

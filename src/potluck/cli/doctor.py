@@ -36,7 +36,8 @@ def _host_from_state(state_dir: Path | None) -> tuple[str, int, str | None]:
 
 def doctor(
     host: str | None = typer.Argument(
-        None, metavar="[HOST[:PORT]]", help="The host to check against (as given to `potluck join`)."
+        None, metavar="[HOST[:PORT]]", envvar="POTLUCK_HOST",
+        help="The host to check against (as given to `potluck join`).",
     ),
     token: str | None = typer.Option(None, "--token", envvar="POTLUCK_TOKEN", help="Join token."),
     cluster: bool = typer.Option(False, "--cluster", help="Also probe every pair of nodes (full mesh)."),
@@ -73,7 +74,11 @@ def doctor(
         host_report, client = check_host(me, *target)
         report.extend(host_report)
         if cluster and client is not None:
-            report.extend(cluster_round(client, "full"))
+            nodes = cluster_round(client, "full")
+            # This machine's agent reports its own checks in the round: show them once.
+            covered = {(c.node, c.id) for c in nodes.checks}
+            report.checks = [c for c in report.checks if (c.node, c.id) not in covered]
+            report.extend(nodes)
         if client is not None:
             client.close()
     if as_json:

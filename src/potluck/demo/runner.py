@@ -127,10 +127,17 @@ def emulated_sample_s(cfg: DemoConfig) -> float:
 
 
 def measure_solo(job: JobSpec, speed: float) -> float:
-    """Samples/s of one emulated device of ``speed`` training alone on full global batches."""
+    """Samples/s of one emulated device of ``speed`` training alone on full global batches,
+    measured as a replica runs: one torch thread (replicas of emulated devices use one) and
+    from the first step on, after a warm-up step (the cluster's rate excludes start-up)."""
     emu = Emulator(speed, job.emulation.sample_s, job.emulation.overhead_s)
-    solo = job.updated({"steps": SOLO_STEPS})
-    _, samples_per_s = train_reference(solo, SOLO_STEPS, emulator=emu)
+    solo = job.updated({"steps": SOLO_STEPS + 1})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, samples_per_s = train_reference(solo, SOLO_STEPS, emulator=emu, warmup=1)
+    finally:
+        torch.set_num_threads(threads)
     return samples_per_s
 
 

@@ -118,15 +118,20 @@ def global_batch_indices(spec: JobSpec, train_size: int, step: int) -> np.ndarra
                         global_batch=spec.global_batch, allocation={0: spec.global_batch}, slot=0)
 
 
-def train_reference(spec: JobSpec, steps: int, *, emulator: Emulator | None = None) -> tuple[Training, float]:
+def train_reference(spec: JobSpec, steps: int, *, emulator: Emulator | None = None,
+                    warmup: int = 0) -> tuple[Training, float]:
     """One process training on the full global batches: what one big machine computes.
 
-    Returns the training objects after ``steps`` steps and the samples/s it achieved (with
-    ``emulator`` padding each step).
+    Returns the training objects after ``warmup + steps`` steps and the samples/s of the last
+    ``steps`` (with ``emulator`` padding each step). Warm-up steps (lazy initialisation, the
+    allocator's first requests) are not timed: a cluster's throughput is measured from its
+    first step on, so an ideal that counted them would be too low.
     """
     tr = build_training(spec)
     t0 = time.perf_counter()
-    for step in range(steps):
+    for step in range(warmup + steps):
+        if step == warmup:
+            t0 = time.perf_counter()
         idx = global_batch_indices(spec, tr.train_size, step)
         started = time.perf_counter()
         tr.optimizer.zero_grad(set_to_none=True)
