@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 from cluster_helpers import free_port, wait_until
 
@@ -121,3 +122,34 @@ def test_doctor_honours_potluck_host_and_token_and_shows_each_check_once(cluster
     pairs = [(c["node"], c["id"]) for c in json.loads(out.stdout)["checks"]]
     assert ("hostbox", "versions") in pairs and ("hostbox", "host.token") in pairs
     assert len(pairs) == len(set(pairs)), sorted(p for p in pairs if pairs.count(p) > 1)
+
+
+def test_the_token_stays_out_of_command_lines_and_logs(cluster: Cluster) -> None:
+    host = cluster.start_host("127.0.0.2", local_agent=True)
+    wait_until(lambda: "join" in host["proc"].log.read_text(), 30, "the join line")
+    printed = host["proc"].log.read_text()
+    assert host["token"] not in printed  # the output is redirected here: a log, not a terminal
+    assert f"potluck join {host['url'].removeprefix('http://')}\n" in printed and "mode 0600" in printed
+    for secret in ("token", "job-key", "host.json", "local-agent/agent.log"):
+        path = cluster.host_dir / secret
+        wait_until(path.exists, 30, f"{secret} to be written")
+        assert path.stat().st_mode & 0o077 == 0, f"{secret} is readable by others"
+    for proc in Path("/proc").iterdir():  # no potluck process has the token in its argv
+        if proc.name.isdigit():
+            try:
+                argv = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            assert host["token"].encode() not in argv
+
+    token_file = cluster.tmp / "friend-token"
+    token_file.write_text(host["token"] + "\n")
+    target = host["url"].removeprefix("http://")
+    agent = cluster.spawn("agent-f", ["join", target, "--token-file", str(token_file), "--name", "f",
+                                      "--advertise", "127.0.0.3", "--state-dir", str(cluster.tmp / "f")])
+    wait_until(lambda: "f" in cluster.nodes(), 60, "the friend to join with --token-file")
+    assert agent.alive()
+    empty = cluster.tmp / "empty"
+    empty.write_text("")
+    out = cluster.run("join", target, "--token-file", str(empty), "--state-dir", str(cluster.tmp / "g"))
+    assert out.returncode == 2 and "is empty" in one_error_line(out)

@@ -25,7 +25,7 @@ EXPECTED: dict[str, list[str]] = {
              "--name", "--no-local-agent", "--port", "--show-ports", "--state-dir", "--token"],
     "jobs": CLUSTER,
     "join": ["--advertise", "--allow-public", "--device", "--emulate-speed", "--name",
-             "--state-dir", "--threads", "--token", "HOST_ADDR"],
+             "--state-dir", "--threads", "--token", "--token-file", "HOST_ADDR"],
     "logs": ["--follow", "--host", "--json", "--state-dir", "--token", "-f", "JOB_ID"],
     "profile": ["--batch-sizes", "--dataset", "--device", "--json", "--memory-budget-mb", "--model"],
     "status": CLUSTER,

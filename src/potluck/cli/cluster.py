@@ -78,6 +78,28 @@ def _connect(host: str | None, token: str | None, state_dir: Path | None) -> Any
     return CoordinatorClient(str(info["url"]), token)
 
 
+def read_token(token_file: Path | None) -> str:
+    """The join token from ``--token-file``, else asked for on a terminal (not echoed).
+    Raises MissingTokenError (exit code 2) with the ways to give it."""
+    if token_file is not None:
+        try:
+            text = token_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read --token-file {token_file} ({getattr(exc, 'strerror', None) or exc}): "
+                              "give a text file holding the token `potluck host` printed") from None
+        if text:
+            return text
+        raise ConfigError(f"--token-file {token_file} is empty: put the token `potluck host` printed in it")
+    if sys.stdin.isatty():
+        import getpass
+
+        text = getpass.getpass("token (printed by `potluck host`): ").strip()
+        if text:
+            return text
+    raise MissingTokenError("missing token: set POTLUCK_TOKEN, pass --token-file FILE, or run "
+                            "`potluck join` in a terminal to be asked for it (printed by `potluck host`)")
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     sys.stdout.flush()
@@ -138,11 +160,14 @@ def host(
     the_host = Host(config, routers=[doctor_router])
 
     def ready() -> None:
-        join = f"potluck join {url_host(choice.address)}:{config.port} --token {the_token}"
+        # The token is never part of a command line (shell history, `ps`): `join` asks for it,
+        # or reads POTLUCK_TOKEN or --token-file.
+        join = f"potluck join {url_host(choice.address)}:{config.port}"
+        token_file = sd / "token"
         if json_out:  # one line: a script reads it while the host keeps running
             sys.stdout.write(json.dumps({"url": config.url, "advertise": choice.address, "port": config.port,
                                          "lighthouse_port": config.lighthouse_port, "state_dir": str(sd),
-                                         "join": join}) + "\n")
+                                         "join": join, "token_file": str(token_file)}) + "\n")
             sys.stdout.flush()
             return
         console.print(f"[bold green]potluck host[/] at {escape(config.url)} ({escape(choice.reason)})")
@@ -150,8 +175,12 @@ def host(
             console.print("[yellow]advertising a loopback address: only this machine can join[/]")
         console.print(f"state dir {escape(str(sd))}; Lighthouse on port {config.lighthouse_port}; "
                       f"local agent {'off' if no_local_agent else 'on'}")
-        console.print("On each friend's machine run:")
+        console.print("On each friend's machine run (it asks for the token):")
         console.print(f"  {join}", soft_wrap=True, markup=False)
+        if sys.stdout.isatty():
+            console.print(f"  token: {the_token}", soft_wrap=True, markup=False)
+        else:  # a redirected log must not hold the secret
+            console.print(f"  token: in {token_file} (mode 0600)", soft_wrap=True, markup=False)
         console.print("Ctrl-C stops the host.")
 
     the_host.serve(on_ready=ready)
@@ -171,6 +200,7 @@ def _ephemeral_range() -> str:
 def join(
     host_addr: str = typer.Argument(..., metavar="HOST[:PORT]", help="Address printed by `potluck host`."),
     token: str | None = typer.Option(None, "--token", envvar="POTLUCK_TOKEN", help=TOKEN_HELP),
+    token_file: Path | None = typer.Option(None, "--token-file", help="Read the join token from this file (kept out of shell history and `ps`)."),
     name: str | None = typer.Option(None, "--name", help="Node name (default: hostname; duplicates get a suffix)."),
     advertise: str | None = typer.Option(None, "--advertise", help="This node's address (default: source address of the route to HOST)."),
     allow_public: bool = typer.Option(False, "--allow-public", help="Allow a public address for this node's replicas."),
@@ -188,8 +218,7 @@ def join(
     from potluck.doctor.responder import DoctorResponder
     from potluck.net import address as net
 
-    if not token:
-        raise MissingTokenError("missing token: pass --token or set POTLUCK_TOKEN (printed by `potluck host`)")
+    token = token or read_token(token_file)
     if threads < 0:
         raise ConfigError(f"--threads must be >= 0, got {threads}")
     devices = dev.parse_devices(device, dev.visible_gpu_count(len(detect_gpus())) if device == "auto" else 0)

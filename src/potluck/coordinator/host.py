@@ -280,7 +280,7 @@ class Host:
             *self.config.agent_args,
         ]
         env = {**os.environ, "POTLUCK_TOKEN": self.config.token, "POTLUCK_LOG_LEVEL": os.environ.get("POTLUCK_LOG_LEVEL", "INFO")}
-        logfile = open(agent_dir / "agent.log", "ab")
+        logfile = os.fdopen(os.open(agent_dir / "agent.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         log.info("starting the local agent: %s", " ".join(cmd))
         return subprocess.Popen(cmd, env=env, stdout=logfile, stderr=subprocess.STDOUT)
 
