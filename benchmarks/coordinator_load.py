@@ -73,20 +73,21 @@ class Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def post(self, path: str, payload: Any) -> tuple[int, Any]:
+    async def post(self, path: str, payload: Any, node: str = "") -> tuple[int, Any]:
         try:
-            return await self._post(path, payload)
+            return await self._post(path, payload, node)
         except (asyncio.IncompleteReadError, ConnectionResetError):
             self.close()  # the server closed an idle keep-alive connection: reconnect once
             self.writer = None
-            return await self._post(path, payload)
+            return await self._post(path, payload, node)
 
-    async def _post(self, path: str, payload: Any) -> tuple[int, Any]:
+    async def _post(self, path: str, payload: Any, node: str) -> tuple[int, Any]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
         body = json.dumps(payload).encode()
-        self.writer.write(f"POST {path} HTTP/1.1\r\n{self.head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        extra = f"X-Potluck-Node: {node}\r\n" if node else ""
+        self.writer.write(f"POST {path} HTTP/1.1\r\n{self.head}{extra}Content-Length: {len(body)}\r\n\r\n".encode() + body)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
         length = 0
@@ -109,7 +110,7 @@ async def agent(i: int, conn: Connection, job_id: int, stop_at: float, start_at:
     status, reply = await conn.post("/api/v1/nodes", body)
     if status != 200:
         raise SystemExit(f"registration failed: {status} {reply}")
-    node_id = reply["node_id"]
+    node_id, credential = reply["node_id"], reply["credential"]
     await asyncio.sleep(max(0.0, start_at - time.monotonic() - 1) + random.random())  # spread over 1 s
     step = 0
     next_t = time.monotonic()
@@ -126,7 +127,7 @@ async def agent(i: int, conn: Connection, job_id: int, stop_at: float, start_at:
         ):
             t0 = time.perf_counter()
             try:
-                status, _ = await conn.post(path, payload)
+                status, _ = await conn.post(path, payload, credential)
             except (OSError, asyncio.IncompleteReadError) as exc:
                 errors.append(f"{name} {type(exc).__name__}")
                 conn.writer = None

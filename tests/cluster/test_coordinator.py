@@ -95,14 +95,14 @@ def test_job_life_cycle_with_start_barrier(tmp_path: Path) -> None:
     assert job.state == "running"
     assert {r.node for r in job.replicas} == {"a", "b"}
     # Both get the job, in their slots, held at the start barrier.
-    first = c.heartbeat(a.node_id, s.HeartbeatRequest()).assignment
+    first = c.heartbeat(a.node_id, s.HeartbeatRequest(), a.credential).assignment
     assert first is not None and (first.slot, first.go) == (0, False)
-    c.heartbeat(a.node_id, s.HeartbeatRequest(replicas=[s.ReplicaReport(job_id=job.id, state="starting", ready=True)]))
+    c.heartbeat(a.node_id, s.HeartbeatRequest(replicas=[s.ReplicaReport(job_id=job.id, state="starting", ready=True)]), a.credential)
     c.tick()
-    assert c.heartbeat(a.node_id, s.HeartbeatRequest()).assignment.go is False  # b not ready
-    c.heartbeat(b.node_id, s.HeartbeatRequest(replicas=[s.ReplicaReport(job_id=job.id, state="starting", ready=True)]))
+    assert c.heartbeat(a.node_id, s.HeartbeatRequest(), a.credential).assignment.go is False  # b not ready
+    c.heartbeat(b.node_id, s.HeartbeatRequest(replicas=[s.ReplicaReport(job_id=job.id, state="starting", ready=True)]), b.credential)
     c.tick()
-    assert c.heartbeat(b.node_id, s.HeartbeatRequest()).assignment.go is True
+    assert c.heartbeat(b.node_id, s.HeartbeatRequest(), b.credential).assignment.go is True
     # Metrics: steps and an allocation, then done records.
     for node, slot in ((a, 0), (b, 1)):
         who = {"t": 1.0, "replica": node.name, "slot": slot}
@@ -117,11 +117,11 @@ def test_job_life_cycle_with_start_barrier(tmp_path: Path) -> None:
              "wall_s": 1.0, "started_at": 1.0, "ended_at": 2.0, "samples_per_s": 900.0,
              "allocation": {"0": 40, "1": 24}, "rebalances": 0, "host": "h",
              "params_sha256": "0" * 64},
-        ]))
+        ]), node.credential)
     info = c.job_info(job.id)
     assert info.progress.step == 2 and info.progress.shares == {"a": 0.625, "b": 0.375}
     for node in (a, b):
-        c.heartbeat(node.node_id, s.HeartbeatRequest(replicas=[s.ReplicaReport(job_id=job.id, state="done", exit_code=0)]))
+        c.heartbeat(node.node_id, s.HeartbeatRequest(replicas=[s.ReplicaReport(job_id=job.id, state="done", exit_code=0)]), node.credential)
     c.tick()
     final = c.job_info(job.id)
     assert final.state == "succeeded"
@@ -134,7 +134,7 @@ def test_job_life_cycle_with_start_barrier(tmp_path: Path) -> None:
     assert on_disk["state"] == "succeeded"
     assert len((tmp_path / "experiments" / f"job-{job.id}" / "replicas" / "a.jsonl").read_text().splitlines()) == 5
     # Nothing runs after the end.
-    assert c.heartbeat(a.node_id, s.HeartbeatRequest()).assignment is None
+    assert c.heartbeat(a.node_id, s.HeartbeatRequest(), a.credential).assignment is None
 
 
 def test_silent_node_is_lost_then_rejoins_the_running_job(tmp_path: Path) -> None:
@@ -151,7 +151,7 @@ def test_silent_node_is_lost_then_rejoins_the_running_job(tmp_path: Path) -> Non
     # b comes back (agent restarted, same node key): re-assigned to the running job.
     back = reg(c, "b")
     assert back.slot == b.slot
-    assignment = c.heartbeat(back.node_id, s.HeartbeatRequest()).assignment
+    assignment = c.heartbeat(back.node_id, s.HeartbeatRequest(), back.credential).assignment
     assert assignment is not None and assignment.job_id == job.id
     assert {n.name: n.state for n in c.nodes()}["b"] == "alive"
 
@@ -163,7 +163,7 @@ def test_every_replica_failed_fails_the_job_and_the_next_starts(tmp_path: Path) 
     second = c.submit(s.JobSubmit(config={"steps": 5}))
     assert (first.state, second.state) == ("running", "queued")
     c.heartbeat(a.node_id, s.HeartbeatRequest(replicas=[
-        s.ReplicaReport(job_id=first.id, state="failed", exit_code=1, message="boom")]))
+        s.ReplicaReport(job_id=first.id, state="failed", exit_code=1, message="boom")]), a.credential)
     c.tick()
     assert c.job_info(first.id).state == "failed"
     assert "boom" in (c.job_info(first.id).message or "")
@@ -185,7 +185,7 @@ def test_restart_keeps_nodes_jobs_and_events(tmp_path: Path) -> None:
     assert (info.name, info.state) == ("keep-me", "running")
     assert [e.message for e in again.events(job.id)][:1] == ["submitted"]
     # The node's agent reconnects with its old id; it gets the running job, not held at a barrier.
-    assignment = again.heartbeat(a.node_id, s.HeartbeatRequest()).assignment
+    assignment = again.heartbeat(a.node_id, s.HeartbeatRequest(), a.credential).assignment
     assert assignment is not None and assignment.go
 
 

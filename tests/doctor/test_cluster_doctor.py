@@ -106,7 +106,7 @@ def test_broken_data_plane_between_agents_is_named_and_blocks_training(lab: Lab,
     assert code == 1 and report["exit_code"] == 1
 
     # Pre-flight: `potluck train` refuses to start and names the pair and the fix.
-    train = c.cli(c.a, "train", "--host", c.hostport, "--token", c.token, "--steps", "2",
+    train = c.cli(c.a, "train", "--host", c.hostport, "--token", c.token, "--steps", "100",
                   "--json")
     assert train.returncode == 1, train.stdout + train.stderr
     line = train.stderr.strip()

@@ -29,7 +29,9 @@ from potluck.contracts.errors import (
     ClusterError,
     ConfigError,
     ConflictError,
+    ForbiddenError,
     HostUnreachableError,
+    NodeAuthError,
     NotFoundError,
     StorageError,
 )
@@ -171,6 +173,13 @@ class Agent:
                         self.on_event(f"lost connection to the host: {exc}; retrying with backoff")
                     backoff = min(MAX_BACKOFF_S, max(0.5, backoff * 2))
                     wait = backoff
+                except NodeAuthError:
+                    # The host no longer knows our credential (its database was replaced, or
+                    # this node registered again elsewhere): register again, with backoff.
+                    self.on_event("the host refused this node's credential: registering again")
+                    self._rejoin()
+                    backoff = min(MAX_BACKOFF_S, max(1.0, backoff * 2))
+                    wait = backoff
                 except NotFoundError as exc:
                     if "unknown node" in str(exc):
                         self.on_event("the host does not know this node any more: registering again")
@@ -250,7 +259,7 @@ class Agent:
             batch = self.pending[:METRICS_BATCH]
             try:
                 self.client.metrics(self.node_id, self.pending_job, batch)
-            except (NotFoundError, ConfigError) as exc:
+            except (NotFoundError, ConfigError, ForbiddenError) as exc:
                 log.warning("dropping %d metrics records the host refused: %s", len(batch), exc)
             del self.pending[: len(batch)]
 

@@ -96,7 +96,21 @@ class CoordinatorClient:
         return s.ClusterInfo(**self._call("GET", "/api/v1/info"))
 
     def register(self, req: s.RegisterRequest) -> s.RegisterResponse:
-        return s.RegisterResponse(**self._call("POST", "/api/v1/nodes", req))
+        """Register a node; later calls of this client act for it (its credential is sent)."""
+        reg = s.RegisterResponse(**self._call("POST", "/api/v1/nodes", req))
+        self.node_credential = reg.credential
+        return reg
+
+    @property
+    def node_credential(self) -> str | None:
+        return self._http.headers.get(s.NODE_CREDENTIAL_HEADER)
+
+    @node_credential.setter
+    def node_credential(self, value: str | None) -> None:
+        if value:
+            self._http.headers[s.NODE_CREDENTIAL_HEADER] = value
+        else:
+            self._http.headers.pop(s.NODE_CREDENTIAL_HEADER, None)
 
     def heartbeat(self, node_id: int, req: s.HeartbeatRequest) -> s.HeartbeatResponse:
         return s.HeartbeatResponse(**self._call("POST", f"/api/v1/nodes/{node_id}/heartbeat", req))

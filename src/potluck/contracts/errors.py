@@ -131,6 +131,17 @@ class AddressSyntaxError(NetworkConfigError):
     http_status = 422
 
 
+class NodeAuthError(AuthError):
+    """A call that acts for a node lacks that node's credential (or carries another's)."""
+
+
+class ForbiddenError(ClusterError):
+    """The caller is who it says, but may not do this (e.g. report results of a job it is
+    not part of)."""
+
+    http_status = 403
+
+
 class MissingTokenError(AuthError):
     """No token was given (a missing input, exit code 2; a wrong token stays exit code 1)."""
 
@@ -154,8 +165,12 @@ class DoctorError(PotluckError):
 
 def error_for_status(status: int, detail: str, payload: dict[str, Any]) -> PotluckError:
     """The exception the client raises for an HTTP error ``status`` (the inverse of ``http_status``)."""
+    if status == 401 and "node credential" in detail:
+        return NodeAuthError(detail)
     if status == 401:
         return AuthError(detail)
+    if status == 403:
+        return ForbiddenError(detail)
     if status == 404:
         return NotFoundError(detail)
     if status == 409 and isinstance(payload.get("diffs"), list):

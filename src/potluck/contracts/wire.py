@@ -81,12 +81,19 @@ class RegisterRequest(Strict):
             raise ValueError("must be an IP address (v4 or v6), not a host name") from None
 
 
+NODE_CREDENTIAL_HEADER = "X-Potluck-Node"
+"""Header carrying a node's credential on every call that acts for that node."""
+
+
 class RegisterResponse(Strict):
     node_id: int
     name: str
     slot: int
     heartbeat_interval_s: float
     lighthouse: str
+    credential: str = Field(min_length=16, max_length=256)
+    """This node's secret, new at every registration: the agent sends it (header
+    ``X-Potluck-Node``) on every call that acts for the node; the host keeps only its hash."""
 
 
 class ReplicaReport(Strict):

@@ -14,7 +14,7 @@ import importlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Path, Query, Request
+from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -39,6 +39,8 @@ Router = Callable[[Coordinator], APIRouter]
 """An extension of the API from a layer above the coordinator (e.g. the doctor's rounds)."""
 
 Id = Annotated[int, Path(ge=0, le=2**62)]
+NodeCredential = Annotated[str | None, Header(alias=s.NODE_CREDENTIAL_HEADER, max_length=256)]
+"""The credential of the node a call acts for (see ``Membership.authenticate``)."""
 """A node or job id in a path: bounded, so no integer SQLite cannot hold reaches it."""
 
 
@@ -94,17 +96,17 @@ def create_app(coordinator: Coordinator, token: str, *, tick_s: float = 1.0,
         return coordinator.nodes()
 
     @api.post("/api/v1/nodes/{node_id}/heartbeat")
-    async def heartbeat(node_id: Id, req: s.HeartbeatRequest) -> s.HeartbeatResponse:
-        return coordinator.heartbeat(node_id, req)
+    async def heartbeat(node_id: Id, req: s.HeartbeatRequest, node: NodeCredential = None) -> s.HeartbeatResponse:
+        return coordinator.heartbeat(node_id, req, node)
 
     @api.post("/api/v1/nodes/{node_id}/leave")
-    async def leave(node_id: Id) -> dict[str, str]:
-        coordinator.leave(node_id)
+    async def leave(node_id: Id, node: NodeCredential = None) -> dict[str, str]:
+        coordinator.leave(node_id, node)
         return {"status": "left"}
 
     @api.post("/api/v1/nodes/{node_id}/jobs/{job_id}/metrics")
-    async def metrics(node_id: Id, job_id: Id, req: s.MetricsRequest) -> dict[str, int]:
-        return {"stored": coordinator.metrics(node_id, job_id, req)}
+    async def metrics(node_id: Id, job_id: Id, req: s.MetricsRequest, node: NodeCredential = None) -> dict[str, int]:
+        return {"stored": coordinator.metrics(node_id, job_id, req, node)}
 
     @api.post("/api/v1/jobs", status_code=201)
     async def submit(req: s.JobSubmit) -> s.JobInfo:

@@ -7,11 +7,14 @@ ends its active replicas.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 import time
 from typing import Any
 
 from potluck.contracts import wire as s
-from potluck.contracts.errors import NotFoundError
+from potluck.contracts.errors import NodeAuthError, NotFoundError
 from potluck.contracts.versions import require_same_versions
 from potluck.coordinator.config import CoordinatorConfig
 from potluck.coordinator.store import Store, dumps, loads
@@ -23,6 +26,10 @@ MAX_NODES = 4096
 """Slots ever handed out by one coordinator; a job uses the nodes with slot < max_replicas."""
 
 
+def _hash(credential: str) -> str:
+    return hashlib.sha256(credential.encode()).hexdigest()
+
+
 class Membership:
     def __init__(self, store: Store, config: CoordinatorConfig) -> None:
         self.store = store
@@ -31,21 +38,38 @@ class Membership:
         # A restarted coordinator gives every known node a full timeout to reconnect.
         self.last_seen: dict[int, float] = {row["id"]: now for row in store.nodes()}
         self._dirty: set[int] = set(self.last_seen)
+        self._credentials: dict[int, str] = {}
+        """Node id -> hash of its current credential (cache of the nodes table)."""
 
     def register(self, req: s.RegisterRequest) -> s.RegisterResponse:
         """Add (or take back) a node. Raises VersionMismatchError, ConflictError when full."""
         require_same_versions(self.config.versions, req.versions)
         now = time.time()
+        credential = secrets.token_urlsafe(24)
         node_id, name, slot = self.store.register_node(
             name=req.name, node_key=req.node_key, address=req.address, interface=req.interface,
             hardware=dumps(req.hardware.model_dump()), versions=dumps(req.versions.model_dump()),
-            speed=req.speed, now=now, max_nodes=MAX_NODES,
+            speed=req.speed, now=now, max_nodes=MAX_NODES, credential=_hash(credential),
         )
         self.last_seen[node_id] = now
         log.info("node %s registered (id %s, slot %s)", name, node_id, slot)
+        self._credentials[node_id] = _hash(credential)
         return s.RegisterResponse(node_id=node_id, name=name, slot=slot,
                                   heartbeat_interval_s=self.config.heartbeat_interval_s,
-                                  lighthouse=self.config.lighthouse)
+                                  lighthouse=self.config.lighthouse, credential=credential)
+
+    def authenticate(self, node_id: int, credential: str | None) -> None:
+        """Only the agent that registered ``node_id`` may act for it. Raises NotFoundError for
+        an unknown node, NodeAuthError (401) for a missing or wrong credential."""
+        expected = self._credentials.get(node_id)
+        if expected is None:
+            row = self.node(node_id)
+            expected = self._credentials[node_id] = row["credential"] or ""
+        if not credential or not expected or not hmac.compare_digest(_hash(credential), expected):
+            raise NodeAuthError(
+                f"node {node_id}: missing or wrong node credential: only the agent that registered "
+                "this node may act for it (an agent that gets this registers again)"
+            )
 
     def node(self, node_id: int) -> Any:
         node = self.store.node(node_id)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 from potluck.contracts import wire as s
-from potluck.contracts.errors import StorageError
+from potluck.contracts.errors import ForbiddenError, StorageError
 from potluck.coordinator.config import CoordinatorConfig
 from potluck.coordinator.jobs import Jobs
 from potluck.coordinator.membership import Membership
@@ -58,10 +58,16 @@ class Coordinator:
     def register(self, req: s.RegisterRequest) -> s.RegisterResponse:
         return self.membership.register(req)
 
-    def leave(self, node_id: int) -> None:
+    def authenticate(self, node_id: int, credential: str | None) -> None:
+        """Raises NodeAuthError unless ``credential`` is ``node_id``'s (see Membership)."""
+        self.membership.authenticate(node_id, credential)
+
+    def leave(self, node_id: int, credential: str | None) -> None:
+        self.membership.authenticate(node_id, credential)
         self.membership.leave(node_id)
 
-    def heartbeat(self, node_id: int, req: s.HeartbeatRequest) -> s.HeartbeatResponse:
+    def heartbeat(self, node_id: int, req: s.HeartbeatRequest, credential: str | None) -> s.HeartbeatResponse:
+        self.membership.authenticate(node_id, credential)
         node = self.membership.touch(node_id)
         if req.replicas:
             node = node or self.membership.node(node_id)
@@ -70,10 +76,15 @@ class Coordinator:
 
     # events from replicas ------------------------------------------------------------------
 
-    def metrics(self, node_id: int, job_id: int, req: s.MetricsRequest) -> int:
-        """Store a batch of one replica's events; returns how many were stored."""
+    def metrics(self, node_id: int, job_id: int, req: s.MetricsRequest, credential: str | None) -> int:
+        """Store a batch of one replica's events; returns how many were stored. Only a node
+        the job was assigned to reports for it (ForbiddenError otherwise: nothing stored)."""
+        self.membership.authenticate(node_id, credential)
         node = self.membership.node(node_id)
         self.lifecycle.row(job_id)
+        if self.store.replica(job_id, node_id) is None:
+            raise ForbiddenError(f"node {node['name']} has no replica in job {job_id}: results "
+                                 "come only from the nodes the job was assigned to")
         return self.telemetry.ingest(node, job_id, list(req.records))
 
     # jobs ----------------------------------------------------------------------------------

@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     measured_sps REAL,
     state TEXT NOT NULL,
     last_heartbeat REAL NOT NULL,
-    joined_at REAL NOT NULL
+    joined_at REAL NOT NULL,
+    credential TEXT
 );
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY,
@@ -117,6 +118,9 @@ class Store:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA busy_timeout=5000")
             self._conn.executescript(SCHEMA)
+            columns = {r[1] for r in self._conn.execute("PRAGMA table_info(nodes)")}
+            if "credential" not in columns:  # a database from before node credentials
+                self._conn.execute("ALTER TABLE nodes ADD COLUMN credential TEXT")
         except sqlite3.Error as exc:
             self._conn.close()
             raise self._storage_error(exc) from None
@@ -202,22 +206,20 @@ class Store:
 
     def register_node(self, *, name: str, node_key: str, address: str, interface: str | None,
                       hardware: str, versions: str, speed: float, now: float,
-                      max_nodes: int) -> tuple[int, str, int]:
-        """Add a node, or take back the row of the same machine (same node key, or the same
-        name of a node that is not alive). Returns ``(node_id, name, slot)``; a new node
-        whose name is taken gets a ``-2`` suffix. Raises ConflictError when full."""
+                      max_nodes: int, credential: str) -> tuple[int, str, int]:
+        """Add a node, or take back the row of the same machine (same node key: only the
+        machine holding the key gets its name and slot back, never a newcomer using the name
+        of a node that is away). ``credential`` is the hash of the node's new credential.
+        Returns ``(node_id, name, slot)``; a new node whose name is taken gets a ``-2``
+        suffix. Raises ConflictError when full."""
         with self.tx() as conn:
             rows = conn.execute("SELECT * FROM nodes").fetchall()
             mine = next((r for r in rows if r["node_key"] == node_key), None)
-            if mine is None:
-                same_name = next((r for r in rows if r["name"] == name), None)
-                if same_name is not None and same_name["state"] != "alive":
-                    mine = same_name  # the same machine back with a fresh state dir
             if mine is not None:
                 conn.execute(
-                    "UPDATE nodes SET node_key=?, address=?, interface=?, hardware=?, versions=?, "
-                    "speed=?, state='alive', last_heartbeat=? WHERE id=?",
-                    (node_key, address, interface, hardware, versions, speed, now, mine["id"]),
+                    "UPDATE nodes SET address=?, interface=?, hardware=?, versions=?, "
+                    "speed=?, state='alive', last_heartbeat=?, credential=? WHERE id=?",
+                    (address, interface, hardware, versions, speed, now, credential, mine["id"]),
                 )
                 self.add_event(conn, "node", f"{mine['name']} rejoined from {address}",
                                node_id=mine["id"])
@@ -232,8 +234,10 @@ class Store:
                 raise ConflictError(f"cluster is full ({slot} nodes): start a new state dir")
             node_id = conn.execute(
                 "INSERT INTO nodes (name, node_key, slot, address, interface, hardware, versions,"
-                " speed, state, last_heartbeat, joined_at) VALUES (?,?,?,?,?,?,?,?,'alive',?,?)",
-                (unique, node_key, slot, address, interface, hardware, versions, speed, now, now),
+                " speed, state, last_heartbeat, joined_at, credential)"
+                " VALUES (?,?,?,?,?,?,?,?,'alive',?,?,?)",
+                (unique, node_key, slot, address, interface, hardware, versions, speed, now, now,
+                 credential),
             ).lastrowid
             assert node_id is not None
             self.add_event(conn, "node", f"{unique} joined from {address} (slot {slot})",

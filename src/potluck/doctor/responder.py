@@ -53,6 +53,7 @@ class DoctorResponder:
     def _loop(self) -> None:
         while not self._stop.is_set():
             node_id = self.agent.node_id
+            self._client.node_credential = self.agent.client.node_credential
             try:
                 task = self._client.doctor_task(node_id, POLL_WAIT_S)
                 if task is not None:

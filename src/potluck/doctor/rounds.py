@@ -23,7 +23,7 @@ from fastapi import APIRouter, Query
 
 from potluck.contracts import wire as d
 from potluck.contracts.errors import ConfigError, NotFoundError
-from potluck.coordinator.app import Id
+from potluck.coordinator.app import Id, NodeCredential
 from potluck.coordinator.service import Coordinator
 from potluck.doctor.network import link_from_probe
 from potluck.net.probe import LinkProbe
@@ -238,16 +238,20 @@ def doctor_router(coordinator: Coordinator) -> APIRouter:
         return r.info(r.run(run_id))
 
     @router.get("/tasks/{node_id}")
-    async def task(node_id: Id, wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0) -> d.TaskResponse:
+    async def task(node_id: Id, wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S)] = 0.0,
+                   node: NodeCredential = None) -> d.TaskResponse:
+        coordinator.authenticate(node_id, node)
         return d.TaskResponse(task=await get().wait_task(node_id, max(0.0, wait)))
 
     @router.post("/runs/{run_id}/listening")
-    async def listening(run_id: Id, req: d.Listening) -> dict[str, str]:
+    async def listening(run_id: Id, req: d.Listening, node: NodeCredential = None) -> dict[str, str]:
+        coordinator.authenticate(req.node_id, node)  # a node reports only for itself
         get().listening(run_id, req)
         return {"status": "ok"}
 
     @router.post("/runs/{run_id}/probed")
-    async def probed(run_id: Id, req: d.Probed) -> dict[str, str]:
+    async def probed(run_id: Id, req: d.Probed, node: NodeCredential = None) -> dict[str, str]:
+        coordinator.authenticate(req.node_id, node)
         get().probed(run_id, req)
         return {"status": "ok"}
 
