@@ -146,7 +146,8 @@ def test_every_agent_killed_and_restarted_says_training_started_over(cluster: Cl
     host = cluster.start_host("127.0.0.2")
     agents = [cluster.start_agent(host, n, a, 1.0) for n, a in (("b", "127.0.0.3"), ("c", "127.0.0.4"))]
     wait_until(lambda: len(cluster.nodes()) == 2, 60, "two nodes to join")
-    out = cluster.cli("train", *JOB, "--steps", "60", "--config", job_yaml(cluster), "--detach", "--json")
+    # Long enough that the kill lands mid-job even when progress reaches the host late.
+    out = cluster.cli("train", *JOB, "--steps", "200", "--config", job_yaml(cluster), "--detach", "--json")
     job_id = json.loads(out.stdout)["job_id"]
     wait_until(lambda: job(cluster, job_id)["progress"]["step"] >= 25, 90, "training to reach step 25")
     for agent in agents:

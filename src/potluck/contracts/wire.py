@@ -16,7 +16,7 @@ listener and reports what it measured).
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
@@ -31,10 +31,35 @@ ReplicaState = Literal["assigned", "starting", "running", "done", "failed", "los
 FINISHED_JOB_STATES = ("succeeded", "failed", "cancelled")
 
 
+MAX_WIRE_INT = 2**62
+"""Largest magnitude of any integer in a message: it must fit SQLite's signed 64 bits."""
+
+
+def _check_ints(value: Any) -> None:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if not -MAX_WIRE_INT <= value <= MAX_WIRE_INT:
+            raise ValueError(f"integer {str(value)[:24]} is out of range (at most 2^62 in magnitude)")
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_ints(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_ints(item)
+
+
 class Strict(BaseModel):
-    """Base of every message: unknown fields, NaN and infinity are errors."""
+    """Base of every message: unknown fields, NaN and infinity are errors, and so is an
+    integer that would not fit in SQLite (anywhere in the message, nested data included)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded_ints(cls, value: Any) -> Any:
+        _check_ints(value)
+        return value
 
 
 class Versions(Strict):
