@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -162,5 +164,41 @@ def test_every_agent_killed_and_restarted_says_training_started_over(cluster: Cl
     assert "restarted from scratch once after every replica was lost" in final["message"], final["message"]
     assert final["summary"]["restarts"] == 1 and final["summary"]["steps_lost"] >= 25
     assert "training restarted from step 0: every replica was lost" in cluster.cli("logs", str(job_id)).stdout
+    done = done_records(cluster, job_id)
+    assert len(done) == 2 and len({d["params_sha256"] for d in done}) == 1
+
+
+def test_a_frozen_agent_whose_replica_still_trains_is_not_lost(cluster: Cluster) -> None:
+    """SIGSTOP freezes c's agent only (its replica runs in its own session and keeps
+    training): c stays alive, because b's committed steps still include c's slot. When the
+    agent thaws, everything goes on; the job ends on both nodes with identical parameters."""
+    host = cluster.start_host("127.0.0.2")
+    cluster.start_agent(host, "b", "127.0.0.3", 1.0)
+    c = cluster.start_agent(host, "c", "127.0.0.4", 1.0)
+    wait_until(lambda: len(cluster.nodes()) == 2, 60, "two nodes to join")
+    out = cluster.cli("train", *JOB, "--steps", "300", "--config", job_yaml(cluster), "--detach", "--json")
+    job_id = json.loads(out.stdout)["job_id"]
+    wait_until(lambda: job(cluster, job_id)["progress"]["step"] >= 10, 90, "training to reach step 10")
+
+    c.popen.send_signal(signal.SIGSTOP)
+    try:
+        frozen_at, t0 = job(cluster, job_id)["progress"]["step"], time.monotonic()
+
+        def noticed() -> bool:
+            with sqlite3.connect(cluster.host_dir / "potluck.db") as db:
+                return bool(db.execute("SELECT 1 FROM events WHERE message LIKE ?",
+                                       ("c's agent is silent, but its replica still commits steps%",)).fetchall())
+
+        wait_until(noticed, 30, "the host to notice the silent agent")  # past the 6 s node timeout
+        wait_until(lambda: time.monotonic() - t0 > 9 and job(cluster, job_id)["progress"]["step"] >= frozen_at + 20,
+                   60, "training to go on past the node timeout")
+        assert cluster.nodes()["c"]["state"] == "alive"
+        assert job(cluster, job_id)["progress"]["participants"] == 2
+    finally:
+        c.popen.send_signal(signal.SIGCONT)
+    final = wait_until(lambda: (j := job(cluster, job_id))["state"] in ("succeeded", "failed") and j, 180,
+                       "the job to end")
+    assert final["state"] == "succeeded", final
+    assert sorted(r["node"] for r in final["replicas"] if r["state"] == "done") == ["b", "c"], final
     done = done_records(cluster, job_id)
     assert len(done) == 2 and len({d["params_sha256"] for d in done}) == 1

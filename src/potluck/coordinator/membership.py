@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Collection
 from typing import Any
 
 from potluck.contracts import wire as s
@@ -39,6 +40,7 @@ class Membership:
         self.last_seen: dict[int, float] = {row["id"]: now for row in store.nodes()}
         self._dirty: set[int] = set(self.last_seen)
         self._credentials: dict[int, str] = {}
+        self._silent_but_training: set[int] = set()
         """Node id -> hash of its current credential (cache of the nodes table)."""
 
     def register(self, req: s.RegisterRequest) -> s.RegisterResponse:
@@ -111,10 +113,21 @@ class Membership:
             {i: self.last_seen[i] for i in self._dirty if i in self.last_seen}, measured)
         self._dirty.clear()
 
-    def mark_lost(self, now: float) -> None:
+    def mark_lost(self, now: float, training: Collection[int] = ()) -> None:
+        """Mark nodes silent for ``node_timeout_s`` lost, unless their slot is in ``training``
+        (slots other replicas reported in committed steps within the timeout): a frozen or
+        cut-off agent whose replica still trains is not lost, the replica is the truth."""
         timeout = self.config.node_timeout_s
         for row in self.store.nodes():
-            if row["state"] == "alive" and now - self.last_seen.get(row["id"], 0) > timeout:
+            silent = row["state"] == "alive" and now - self.last_seen.get(row["id"], 0) > timeout
+            if silent and row["slot"] in training:
+                if row["id"] not in self._silent_but_training:
+                    self._silent_but_training.add(row["id"])
+                    self.store.event("node", f"{row['name']}'s agent is silent, but its replica still "
+                                     "commits steps: kept alive", node_id=row["id"])
+                continue
+            self._silent_but_training.discard(row["id"])
+            if silent:
                 self.store.set_node_state(
                     row["id"], "lost", f"{row['name']} lost (no heartbeat for {timeout:.0f} s)",
                     end_replicas=("lost", "node stopped heartbeating"))

@@ -117,7 +117,9 @@ class Coordinator:
         now = time.time()
         failed: StorageError | None = None
         for part in (lambda: self.membership.flush(self.telemetry.measured),
-                     lambda: self.membership.mark_lost(now), self.telemetry.flush,
+                     lambda: self.membership.mark_lost(
+                         now, self.telemetry.training_slots(now - self.config.node_timeout_s)),
+                     self.telemetry.flush,
                      lambda: self.lifecycle.advance(now), self.lifecycle.start_queued):
             try:
                 part()

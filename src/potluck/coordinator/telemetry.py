@@ -46,6 +46,9 @@ class Telemetry:
         self._slot_names: dict[str, str] = {}
         self._restarted_nodes: dict[int, set[int]] = {}
         """Job id -> nodes whose replica went back to an early step in the latest restart."""
+        self.slot_seen: dict[int, float] = {}
+        """Slot -> when (host clock) a committed step whose quorum held it was last reported,
+        by any replica: a node's replica trains even while its own agent is silent."""
         self._node_step: dict[tuple[int, int], int] = {}
         """(job id, node id) -> the node's last committed step."""
         self._logged_alloc: dict[int, int] = {}
@@ -81,6 +84,9 @@ class Telemetry:
     def _fold(self, progress: s.JobProgress, job_id: int, node_id: int, event: BaseModel) -> None:
         if isinstance(event, StepEvent) and event.committed:
             self._check_restart(progress, job_id, node_id, event)
+            now = time.time()
+            for slot in event.allocation or {}:
+                self.slot_seen[int(slot)] = now
             if event.step >= progress.step:
                 progress.step = event.step
                 progress.loss = event.loss if event.loss is not None else progress.loss
@@ -105,6 +111,10 @@ class Telemetry:
                 self._slot_names = {str(r["slot"]): r["name"] for r in self.store.nodes()}
             progress.shares = {self._slot_names.get(slot, f"slot {slot}"): round(b / total, 4)
                                for slot, b in alloc.items()}
+
+    def training_slots(self, since: float) -> set[int]:
+        """Slots in a committed step reported after ``since``."""
+        return {slot for slot, t in self.slot_seen.items() if t >= since}
 
     def _check_restart(self, progress: s.JobProgress, job_id: int, node_id: int, event: StepEvent) -> None:
         """A replica's committed steps only go forward (a rejoining replica heals from a peer
