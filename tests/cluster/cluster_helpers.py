@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -24,3 +27,32 @@ def free_port(address: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((address, 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_coordinator(state_dir: Path, token: str, routers: Sequence[Any] = ()) -> Iterator[tuple[str, Any]]:
+    """A real coordinator app (SQLite file in ``state_dir``) on a real uvicorn server on
+    127.0.0.1 (port chosen by the OS), in a thread. Yields ``(url, store)``."""
+    import uvicorn
+
+    from potluck.contracts.versions import local_versions
+    from potluck.coordinator.app import create_app
+    from potluck.coordinator.service import Coordinator, CoordinatorConfig
+    from potluck.coordinator.store import Store
+
+    store = Store(state_dir / "potluck.db")
+    coord = Coordinator(store, CoordinatorConfig(state_dir=state_dir, advertise="127.0.0.1", port=0,
+                                                 lighthouse_port=1, versions=local_versions()))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(coord, token, routers=routers), log_level="critical"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, 20, "uvicorn to start")
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", store
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+        store.close()

@@ -3,45 +3,27 @@
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from cluster_helpers import wait_until
+from cluster_helpers import serve_coordinator
 
 from potluck.contracts.client import CoordinatorClient
 from potluck.contracts.errors import AuthError, ConfigError, HostUnreachableError
 from potluck.contracts.versions import local_versions
 from potluck.contracts.wire import RegisterRequest
-from potluck.coordinator.app import create_app
 from potluck.coordinator.auth import load_or_create_token, token_matches
-from potluck.coordinator.service import Coordinator, CoordinatorConfig
-from potluck.coordinator.store import Store
 
 TOKEN = "t0ken-for-tests-0123456789abcdef"
 
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    store = Store(tmp_path / "potluck.db")
-    coord = Coordinator(store, CoordinatorConfig(state_dir=tmp_path, advertise="127.0.0.1", port=0,
-                                                 lighthouse_port=1, versions=local_versions()))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(coord, TOKEN), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started, 20, "uvicorn to start")
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    yield {"url": url, "store": store}
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
-    store.close()
+    with serve_coordinator(tmp_path, TOKEN) as (url, store):
+        yield {"url": url, "store": store}
 
 
 def register_body(name: str = "a") -> dict[str, Any]:

@@ -13,7 +13,6 @@ from typing import Any
 from cluster_helpers import free_port, wait_until
 
 from conftest import Cluster
-from potluck.contracts.client import CoordinatorClient
 
 # Emulated devices: a speed-1.0 device computes a sample in 0.4 ms, so speeds show in timings.
 JOB = ["--model", "mlp", "--dataset", "digits", "--global-batch", "128", "--policy", "dynamic"]

@@ -9,27 +9,30 @@ import os
 import signal
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cluster_helpers import wait_until
+from cluster_helpers import free_port, wait_until
 from test_cluster import JOB, job, job_yaml
 
-from conftest import Cluster
+from conftest import Cluster, Proc
+
+
+def processes() -> Iterator[tuple[int, list[bytes]]]:
+    """``(pid, argv)`` of every process that can be read."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                yield int(entry.name), (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
 
 
 def replica_pid(run_dir: Path) -> int | None:
     """The pid of the replica process started with ``run_dir/spec.json``."""
-    spec = str(run_dir / "spec.json")
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if spec.encode() in argv:
-                return int(entry.name)
-    return None
+    spec = str(run_dir / "spec.json").encode()
+    return next((pid for pid, argv in processes() if spec in argv), None)
 
 
 def done_records(cluster: Cluster, job_id: int) -> list[dict[str, Any]]:
@@ -38,15 +41,46 @@ def done_records(cluster: Cluster, job_id: int) -> list[dict[str, Any]]:
             if rec["type"] == "done"]
 
 
-def test_a_crashed_replica_is_restarted_heals_and_the_job_ends_identical(cluster: Cluster) -> None:
-    host = cluster.start_host("127.0.0.2")
-    cluster.start_agent(host, "b", "127.0.0.3", 1.0)
-    cluster.start_agent(host, "c", "127.0.0.4", 1.0)
-    wait_until(lambda: len(cluster.nodes()) == 2, 60, "two nodes to join")
-    out = cluster.cli("train", *JOB, "--steps", "150", "--config", job_yaml(cluster), "--detach", "--json")
+def submit(cluster: Cluster, steps: int, reach: int = 10) -> int:
+    """Submit a detached job of ``steps`` and wait until the host saw step ``reach``."""
+    out = cluster.cli("train", *JOB, "--steps", str(steps), "--config", job_yaml(cluster), "--detach", "--json")
     assert out.returncode == 0, out.stderr
     job_id = json.loads(out.stdout)["job_id"]
-    wait_until(lambda: job(cluster, job_id)["progress"]["step"] >= 10, 90, "training to reach step 10")
+    wait_until(lambda: job(cluster, job_id)["progress"]["step"] >= reach, 90, f"training to reach step {reach}")
+    return int(job_id)
+
+
+def finished(cluster: Cluster, job_id: int, nodes: list[str]) -> dict[str, Any]:
+    """Wait for the job to end; it succeeded on ``nodes``, all with identical parameters."""
+    final = wait_until(lambda: (j := job(cluster, job_id))["state"] in ("succeeded", "failed") and j, 180,
+                       "the job to end")
+    assert final["state"] == "succeeded", final
+    assert sorted(r["node"] for r in final["replicas"] if r["state"] == "done") == nodes, final
+    done = done_records(cluster, job_id)
+    assert len(done) >= len(nodes) and len({d["params_sha256"] for d in done}) == 1
+    return final
+
+
+def host_with_local_agent(cluster: Cluster) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """A host on fixed ports (so it can be restarted on them) with its local agent, plus b."""
+    port, lh_port = free_port("127.0.0.2"), free_port("127.0.0.2")
+    args = ("--port", str(port), "--lighthouse-port", str(lh_port), "--name", "hostbox", "--emulate-speed", "1.0")
+    host = cluster.start_host("127.0.0.2", *args, local_agent=True)
+    cluster.start_agent(host, "b", "127.0.0.3", 1.0)
+    wait_until(lambda: len(cluster.nodes()) == 2, 60, "two nodes to join")
+    return host, args
+
+
+def two_agents(cluster: Cluster) -> tuple[dict[str, Any], list[Proc]]:
+    host = cluster.start_host("127.0.0.2")
+    agents = [cluster.start_agent(host, n, a, 1.0) for n, a in (("b", "127.0.0.3"), ("c", "127.0.0.4"))]
+    wait_until(lambda: len(cluster.nodes()) == 2, 60, "two nodes to join")
+    return host, agents
+
+
+def test_a_crashed_replica_is_restarted_heals_and_the_job_ends_identical(cluster: Cluster) -> None:
+    two_agents(cluster)
+    job_id = submit(cluster, 150)
 
     first = cluster.tmp / "agent-c" / "runs" / f"job-{job_id}" / "attempt-1"
     pid = wait_until(lambda: replica_pid(first), 10, "c's replica process")
@@ -58,12 +92,7 @@ def test_a_crashed_replica_is_restarted_heals_and_the_job_ends_identical(cluster
     second = first.parent / "attempt-2" / "replicas" / "c.jsonl"
     wait_until(second.exists, 60, "c's replica to be restarted")
 
-    final = wait_until(lambda: (j := job(cluster, job_id))["state"] in ("succeeded", "failed") and j, 180,
-                       "the job to end")
-    assert final["state"] == "succeeded", final
-    assert sorted(r["node"] for r in final["replicas"] if r["state"] == "done") == ["b", "c"]
-    done = done_records(cluster, job_id)
-    assert len(done) == 2 and len({d["params_sha256"] for d in done}) == 1
+    final = finished(cluster, job_id, ["b", "c"])
     healed = [r for r in map(json.loads, second.read_text().splitlines()) if r["type"] == "step" and r["committed"]]
     assert healed and healed[0]["step"] > 10  # it healed from b, it did not start over
     assert final["summary"]["steps"] == 150
@@ -73,67 +102,32 @@ def test_host_restart_with_its_local_agent_mid_job_finishes_on_every_node(cluste
     """Ctrl-C on `potluck host` mid-job and start it again with the same state dir: the
     friend's replica rides through, the host's own agent gets the job back, and the job ends
     on both nodes with identical parameters."""
-    from cluster_helpers import free_port
-
-    port, lh_port = free_port("127.0.0.2"), free_port("127.0.0.2")
-    args = ("--port", str(port), "--lighthouse-port", str(lh_port), "--name", "hostbox", "--emulate-speed", "1.0")
-    host = cluster.start_host("127.0.0.2", *args, local_agent=True)
-    cluster.start_agent(host, "b", "127.0.0.3", 1.0)
-    wait_until(lambda: len(cluster.nodes()) == 2, 60, "two nodes to join")
-    out = cluster.cli("train", *JOB, "--steps", "150", "--config", job_yaml(cluster), "--detach", "--json")
-    job_id = json.loads(out.stdout)["job_id"]
-    wait_until(lambda: job(cluster, job_id)["progress"]["step"] >= 10, 90, "training to reach step 10")
-
+    host, args = host_with_local_agent(cluster)
+    job_id = submit(cluster, 150)
     assert cluster.stop(host["proc"], signal.SIGINT) == 0  # Ctrl-C
     cluster.start_host("127.0.0.2", *args, name="host-again", local_agent=True)
-    final = wait_until(lambda: (j := job(cluster, job_id))["state"] in ("succeeded", "failed") and j, 180,
-                       "the job to end")
-    assert final["state"] == "succeeded", final
-    assert sorted(r["node"] for r in final["replicas"] if r["state"] == "done") == ["b", "hostbox"], final
-    done = done_records(cluster, job_id)
-    assert len({d["params_sha256"] for d in done}) == 1 and len(done) >= 2
-    assert final["summary"]["steps"] == 150
+    assert finished(cluster, job_id, ["b", "hostbox"])["summary"]["steps"] == 150
 
 
 def local_agents(state_dir: Path) -> list[int]:
     """Pids of `potluck join` processes on the host's local-agent directory."""
     target = str(state_dir / "local-agent").encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"join" in argv and target in argv:
-                pids.append(int(entry.name))
-    return pids
+    return [pid for pid, argv in processes() if b"join" in argv and target in argv]
 
 
 def test_host_killed_hard_keeps_its_old_local_agent_instead_of_a_second_one(cluster: Cluster) -> None:
     """`kill -9` of the host leaves its local agent running; the new host adopts it (one agent
     for the machine, not two in one slot), the job ends on both nodes, and stopping the new
     host stops the adopted agent too."""
-    from cluster_helpers import free_port
-
-    port, lh_port = free_port("127.0.0.2"), free_port("127.0.0.2")
-    args = ("--port", str(port), "--lighthouse-port", str(lh_port), "--name", "hostbox", "--emulate-speed", "1.0")
-    host = cluster.start_host("127.0.0.2", *args, local_agent=True)
-    cluster.start_agent(host, "b", "127.0.0.3", 1.0)
-    wait_until(lambda: len(cluster.nodes()) == 2, 60, "two nodes to join")
+    host, args = host_with_local_agent(cluster)
     old_agent = local_agents(cluster.host_dir)
     assert len(old_agent) == 1
-    out = cluster.cli("train", *JOB, "--steps", "120", "--config", job_yaml(cluster), "--detach", "--json")
-    job_id = json.loads(out.stdout)["job_id"]
-    wait_until(lambda: job(cluster, job_id)["progress"]["step"] >= 10, 90, "training to reach step 10")
+    job_id = submit(cluster, 120)
 
     cluster.stop(host["proc"], signal.SIGKILL)
     again = cluster.start_host("127.0.0.2", *args, name="host-again", local_agent=True)
     wait_until(lambda: "still running: keeping it" in again["proc"].log.read_text(), 30, "the adoption")
-    final = wait_until(lambda: (j := job(cluster, job_id))["state"] in ("succeeded", "failed") and j, 180,
-                       "the job to end")
-    assert final["state"] == "succeeded", final
-    assert sorted(r["node"] for r in final["replicas"] if r["state"] == "done") == ["b", "hostbox"], final
+    finished(cluster, job_id, ["b", "hostbox"])
     assert local_agents(cluster.host_dir) == old_agent  # no second agent on the node
     assert set(cluster.nodes()) == {"b", "hostbox"}
 
@@ -145,40 +139,27 @@ def test_every_agent_killed_and_restarted_says_training_started_over(cluster: Cl
     """All machines vanish at once mid-job (agents and replicas killed) and come back: no
     peer is left to heal from, so training starts over. Until checkpoints exist that is what
     happens; it is never silent: the log, the job's message and the summary say it."""
-    host = cluster.start_host("127.0.0.2")
-    agents = [cluster.start_agent(host, n, a, 1.0) for n, a in (("b", "127.0.0.3"), ("c", "127.0.0.4"))]
-    wait_until(lambda: len(cluster.nodes()) == 2, 60, "two nodes to join")
+    host, agents = two_agents(cluster)
     # Long enough that the kill lands mid-job even when progress reaches the host late.
-    out = cluster.cli("train", *JOB, "--steps", "200", "--config", job_yaml(cluster), "--detach", "--json")
-    job_id = json.loads(out.stdout)["job_id"]
-    wait_until(lambda: job(cluster, job_id)["progress"]["step"] >= 25, 90, "training to reach step 25")
+    job_id = submit(cluster, 200, reach=25)
     for agent in agents:
         cluster.stop(agent, signal.SIGKILL)  # the replicas die with their agents
     wait_until(lambda: all(n["state"] == "lost" for n in cluster.nodes().values()), 30, "both nodes lost")
     for n, a in (("b", "127.0.0.3"), ("c", "127.0.0.4")):
         cluster.start_agent(host, n, a, 1.0)
 
-    final = wait_until(lambda: (j := job(cluster, job_id))["state"] in ("succeeded", "failed") and j, 180,
-                       "the job to end")
-    assert final["state"] == "succeeded", final
+    final = finished(cluster, job_id, ["b", "c"])
     assert "restarted from scratch once after every replica was lost" in final["message"], final["message"]
     assert final["summary"]["restarts"] == 1 and final["summary"]["steps_lost"] >= 25
     assert "training restarted from step 0: every replica was lost" in cluster.cli("logs", str(job_id)).stdout
-    done = done_records(cluster, job_id)
-    assert len(done) == 2 and len({d["params_sha256"] for d in done}) == 1
 
 
 def test_a_frozen_agent_whose_replica_still_trains_is_not_lost(cluster: Cluster) -> None:
     """SIGSTOP freezes c's agent only (its replica runs in its own session and keeps
     training): c stays alive, because b's committed steps still include c's slot. When the
     agent thaws, everything goes on; the job ends on both nodes with identical parameters."""
-    host = cluster.start_host("127.0.0.2")
-    cluster.start_agent(host, "b", "127.0.0.3", 1.0)
-    c = cluster.start_agent(host, "c", "127.0.0.4", 1.0)
-    wait_until(lambda: len(cluster.nodes()) == 2, 60, "two nodes to join")
-    out = cluster.cli("train", *JOB, "--steps", "300", "--config", job_yaml(cluster), "--detach", "--json")
-    job_id = json.loads(out.stdout)["job_id"]
-    wait_until(lambda: job(cluster, job_id)["progress"]["step"] >= 10, 90, "training to reach step 10")
+    _, (_, c) = two_agents(cluster)
+    job_id = submit(cluster, 300)
 
     c.popen.send_signal(signal.SIGSTOP)
     try:
@@ -196,9 +177,28 @@ def test_a_frozen_agent_whose_replica_still_trains_is_not_lost(cluster: Cluster)
         assert job(cluster, job_id)["progress"]["participants"] == 2
     finally:
         c.popen.send_signal(signal.SIGCONT)
-    final = wait_until(lambda: (j := job(cluster, job_id))["state"] in ("succeeded", "failed") and j, 180,
-                       "the job to end")
-    assert final["state"] == "succeeded", final
-    assert sorted(r["node"] for r in final["replicas"] if r["state"] == "done") == ["b", "c"], final
-    done = done_records(cluster, job_id)
-    assert len(done) == 2 and len({d["params_sha256"] for d in done}) == 1
+    finished(cluster, job_id, ["b", "c"])
+
+
+def test_clean_leave_then_join_again_rejoins_the_running_job(cluster: Cluster) -> None:
+    """Ctrl-C on `potluck join` mid-job, then join again: the node gets the running job back
+    and heals into the group from a peer, like a node that was lost."""
+    host, (_, c) = two_agents(cluster)
+    job_id = submit(cluster, 100_000, reach=8)
+    assert cluster.stop(c, signal.SIGINT) == 0  # a clean leave
+    wait_until(lambda: cluster.nodes()["c"]["state"] == "left", 30, "c to have left")
+    replicas = {r["node"]: r["state"] for r in job(cluster, job_id)["replicas"]}
+    assert replicas["c"] == "stopped" and job(cluster, job_id)["state"] == "running"
+
+    cluster.start_agent(host, "c", "127.0.0.4", 1.0)
+    attempt = cluster.tmp / "agent-c" / "runs" / f"job-{job_id}" / "attempt-2" / "replicas" / "c.jsonl"
+
+    def healed() -> list[dict[str, Any]]:
+        lines = attempt.read_text().splitlines() if attempt.exists() else []
+        return [r for r in map(json.loads, lines) if r["type"] == "step" and r["committed"]
+                and r["participants"] == 2]
+
+    wait_until(lambda: len(healed()) >= 2, 90, "c to rejoin the job and train")
+    assert healed()[0]["step"] > 8  # healed from b, not restarted from step 0
+    assert "re-assigned to c" in cluster.cli("logs", str(job_id)).stdout
+    assert cluster.cli("cancel", str(job_id)).returncode == 0

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 
 from potluck.balancer.policy import Speed
 
-
 NOISE_DECAY = 0.5
 """Weight of the past in the noise estimate: shorter memory than the fit, so the residuals of
 a device that slowed down (large until the fit follows it) leave the estimate within steps."""

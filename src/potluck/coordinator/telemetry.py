@@ -12,8 +12,8 @@ import json
 import time
 from collections import deque
 from collections.abc import Sequence
-from statistics import median
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from pydantic import BaseModel
@@ -21,7 +21,6 @@ from pydantic import BaseModel
 from potluck.contracts import wire as s
 from potluck.contracts.events import AllocationEvent, DoneEvent, StepEvent, event_json
 from potluck.coordinator.store import Store, dumps, loads
-
 
 LOG_EVERY = 25
 """Committed steps between two progress lines in the job's event log."""

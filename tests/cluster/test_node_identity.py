@@ -4,43 +4,27 @@ A real coordinator (uvicorn on loopback) and the real client."""
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from cluster_helpers import serve_coordinator
 
 from potluck.contracts import wire as s
 from potluck.contracts.client import CoordinatorClient
 from potluck.contracts.errors import ForbiddenError, NodeAuthError
 from potluck.contracts.jobspec import JobSpec
 from potluck.contracts.versions import local_versions
-from potluck.coordinator.app import create_app
-from potluck.coordinator.service import Coordinator, CoordinatorConfig
-from potluck.coordinator.store import Store
 
 TOKEN = "t0ken-for-tests-0123456789abcdef"
 
 
 @pytest.fixture
 def url(tmp_path: Path) -> Iterator[str]:
-    coord = Coordinator(Store(tmp_path / "potluck.db"),
-                        CoordinatorConfig(state_dir=tmp_path, advertise="127.0.0.1", port=0,
-                                          lighthouse_port=1, versions=local_versions()))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(coord, TOKEN), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        thread.join(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(10)
+    with serve_coordinator(tmp_path, TOKEN) as (served, _):
+        yield served
 
 
 def node(url: str, name: str, key: str) -> tuple[CoordinatorClient, s.RegisterResponse]:
