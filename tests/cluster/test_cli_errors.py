@@ -130,7 +130,7 @@ def test_the_token_stays_out_of_command_lines_and_logs(cluster: Cluster) -> None
     printed = host["proc"].log.read_text()
     assert host["token"] not in printed  # the output is redirected here: a log, not a terminal
     assert f"potluck join {host['url'].removeprefix('http://')}\n" in printed and "mode 0600" in printed
-    for secret in ("token", "job-key", "host.json", "local-agent/agent.log"):
+    for secret in ("token", "job-key", "host.json", "potluck.db", "local-agent/agent.log"):
         path = cluster.host_dir / secret
         wait_until(path.exists, 30, f"{secret} to be written")
         assert path.stat().st_mode & 0o077 == 0, f"{secret} is readable by others"

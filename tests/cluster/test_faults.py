@@ -151,7 +151,9 @@ def test_every_agent_killed_and_restarted_says_training_started_over(cluster: Cl
     final = finished(cluster, job_id, ["b", "c"])
     assert "restarted from scratch once after every replica was lost" in final["message"], final["message"]
     assert final["summary"]["restarts"] == 1 and final["summary"]["steps_lost"] >= 25
-    assert "training restarted from step 0: every replica was lost" in cluster.cli("logs", str(job_id)).stdout
+    # "from step 0", or a few steps on when the replica that came back second healed from the first.
+    log = cluster.cli("logs", str(job_id)).stdout
+    assert "training restarted from step " in log and ": every replica was lost after step" in log, log
 
 
 def test_a_frozen_agent_whose_replica_still_trains_is_not_lost(cluster: Cluster) -> None:
@@ -180,25 +182,32 @@ def test_a_frozen_agent_whose_replica_still_trains_is_not_lost(cluster: Cluster)
     finished(cluster, job_id, ["b", "c"])
 
 
-def test_clean_leave_then_join_again_rejoins_the_running_job(cluster: Cluster) -> None:
-    """Ctrl-C on `potluck join` mid-job, then join again: the node gets the running job back
-    and heals into the group from a peer, like a node that was lost."""
+def test_clean_leaves_mid_step_never_crash_a_peer_and_the_node_rejoins(cluster: Cluster) -> None:
+    """Ctrl-C on `potluck join` mid-job, then join again, twice: the peer's replica never
+    fails (the quorum timeout outlasts the step timeout it may be waiting in), and the node
+    gets the running job back each time and heals from the peer, like a node that was lost."""
     host, (_, c) = two_agents(cluster)
     job_id = submit(cluster, 100_000, reach=8)
-    assert cluster.stop(c, signal.SIGINT) == 0  # a clean leave
-    wait_until(lambda: cluster.nodes()["c"]["state"] == "left", 30, "c to have left")
-    replicas = {r["node"]: r["state"] for r in job(cluster, job_id)["replicas"]}
-    assert replicas["c"] == "stopped" and job(cluster, job_id)["state"] == "running"
+    runs = cluster.tmp / "agent-c" / "runs" / f"job-{job_id}"
+    for attempt in (2, 3):
+        step_at_leave = job(cluster, job_id)["progress"]["step"]
+        assert cluster.stop(c, signal.SIGINT) == 0  # a clean leave, in the middle of a step
+        wait_until(lambda: cluster.nodes()["c"]["state"] == "left", 30, "c to have left")
+        replicas = {r["node"]: r["state"] for r in job(cluster, job_id)["replicas"]}
+        assert replicas["c"] == "stopped" and job(cluster, job_id)["state"] == "running"
 
-    cluster.start_agent(host, "c", "127.0.0.4", 1.0)
-    attempt = cluster.tmp / "agent-c" / "runs" / f"job-{job_id}" / "attempt-2" / "replicas" / "c.jsonl"
+        c = cluster.start_agent(host, "c", "127.0.0.4", 1.0)
+        events = runs / f"attempt-{attempt}" / "replicas" / "c.jsonl"
 
-    def healed() -> list[dict[str, Any]]:
-        lines = attempt.read_text().splitlines() if attempt.exists() else []
-        return [r for r in map(json.loads, lines) if r["type"] == "step" and r["committed"]
-                and r["participants"] == 2]
+        def healed(events: Path = events) -> list[dict[str, Any]]:
+            lines = events.read_text().splitlines() if events.exists() else []
+            return [r for r in map(json.loads, lines) if r["type"] == "step" and r["committed"]
+                    and r["participants"] == 2]
 
-    wait_until(lambda: len(healed()) >= 2, 90, "c to rejoin the job and train")
-    assert healed()[0]["step"] > 8  # healed from b, not restarted from step 0
-    assert "re-assigned to c" in cluster.cli("logs", str(job_id)).stdout
+        wait_until(lambda: len(healed()) >= 2, 90, "c to rejoin the job and train")
+        assert healed()[0]["step"] > step_at_leave  # healed from b, not restarted from step 0
+    # b's replica rode through both leaves: never failed, never restarted.
+    assert [p.name for p in (cluster.tmp / "agent-b" / "runs" / f"job-{job_id}").iterdir()] == ["attempt-1"]
+    log = cluster.cli("logs", str(job_id)).stdout
+    assert log.count("re-assigned to c") == 2 and "replica on b: running -> starting" not in log
     assert cluster.cli("cancel", str(job_id)).returncode == 0

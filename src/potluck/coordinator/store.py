@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -107,6 +108,8 @@ class Store:
             self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         except sqlite3.Error as exc:
             raise self._storage_error(exc) from None
+        with contextlib.suppress(OSError):
+            os.chmod(self.path, 0o600)  # it holds node keys and credential hashes
         self._conn.row_factory = sqlite3.Row
         try:
             # Before anything writes: a damaged file must stay as it is for the user to rescue.

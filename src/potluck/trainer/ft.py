@@ -169,6 +169,20 @@ def lighthouse_port(server: Any) -> int:
     return int(server.address().rstrip("/").rsplit(":", 1)[1])
 
 
+QUORUM_MARGIN = 1.5
+"""The one rule for torchft's timeouts: a quorum request waits 1.5x the job's step timeout.
+A peer that left mid-step can hold the survivors inside a collective for up to one step
+timeout before they ask for the next quorum; a quorum timeout shorter than that (the agent
+used to force 15 s against a 20 s step timeout) made a survivor give up on a quorum its
+peers were about to join, and crash. Longer than needed stalls a host restart: a request to
+the old Lighthouse hangs this long before it is retried on the new one."""
+
+
+def quorum_timeout_s(step_timeout_s: float) -> float:
+    """Seconds a quorum request may take for a job whose step timeout is ``step_timeout_s``."""
+    return QUORUM_MARGIN * step_timeout_s
+
+
 def make_manager(*, name: str, slot: int, lighthouse: str, advertise_host: str,
                  timeout_s: float, load_state_dict: Callable[[Any], None],
                  state_dict: Callable[[], Any], group_rank: int = 0,
@@ -226,7 +240,7 @@ def make_manager(*, name: str, slot: int, lighthouse: str, advertise_host: str,
             min_replica_size=1,
             use_async_quorum=False,
             timeout=timeout,
-            quorum_timeout=timedelta(seconds=max(60.0, 3 * timeout_s)),
+            quorum_timeout=timedelta(seconds=quorum_timeout_s(timeout_s)),
             connect_timeout=timedelta(seconds=30),
             rank=group_rank,
             world_size=group_world_size,
