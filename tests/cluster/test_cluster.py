@@ -13,6 +13,7 @@ from typing import Any
 from cluster_helpers import free_port, wait_until
 
 from conftest import Cluster
+from potluck.agent.node import MAX_RESTARTS
 
 # Emulated devices: a speed-1.0 device computes a sample in 0.4 ms, so speeds show in timings.
 JOB = ["--model", "mlp", "--dataset", "digits", "--global-batch", "128", "--policy", "dynamic"]
@@ -194,12 +195,12 @@ def test_coordinator_restart_mid_job(cluster: Cluster) -> None:
                        "the job to end")
     assert final["state"] == "succeeded", final
     assert final["summary"]["steps"] >= 149 and final["summary"]["test_accuracy"] >= 0.9
-    # Both finished, with the same parameters: a replica that timed out while the Lighthouse
-    # was away was restarted by its agent and healed (at most once).
+    # Both finished, with the same parameters. A replica whose quorum or heal timed out while
+    # the Lighthouse was away is restarted by its agent and heals (within its restart budget).
     assert sorted(r["node"] for r in final["replicas"] if r["state"] == "done") == ["b", "c"], final
     folder = cluster.host_dir / "experiments" / f"job-{job_id}" / "replicas"
     digests = {json.loads(line)["params_sha256"] for name in ("b", "c")
                for line in (folder / f"{name}.jsonl").read_text().splitlines() if '"done"' in line}
     assert len(digests) == 1
     for name in ("b", "c"):
-        assert len(list((cluster.tmp / f"agent-{name}" / "runs" / f"job-{job_id}").glob("attempt-*"))) <= 2
+        assert len(list((cluster.tmp / f"agent-{name}" / "runs" / f"job-{job_id}").glob("attempt-*"))) <= 1 + MAX_RESTARTS
