@@ -106,7 +106,7 @@ class Cluster:
 
     def start_agent(self, host: dict[str, Any], name: str, address: str | None, speed: float = 1.0,
                     *extra: str, prefix: list[str] | None = None, target: str | None = None) -> Proc:
-        args = ["join", target or host["url"].removeprefix("http://"), "--name", name,
+        args = ["join", "--yes", target or host["url"].removeprefix("http://"), "--name", name,
                 "--state-dir", str(self.tmp / f"agent-{name}"), "--emulate-speed", str(speed), *extra]
         if address:
             args += ["--advertise", address]

@@ -24,6 +24,12 @@ def test_join_errors_leave_the_cluster_empty(cluster: Cluster) -> None:
     target = host["url"].removeprefix("http://")
     base = ["join", target, "--advertise", "127.0.0.3", "--state-dir", str(cluster.tmp / "a")]
 
+    untrusted = cluster.run(*base, POTLUCK_TOKEN=host["token"])  # no terminal to ask, no --yes
+    assert untrusted.returncode == 2
+    assert "lets its jobs run code on this machine" in one_error_line(untrusted)
+    assert "pass --yes" in one_error_line(untrusted)
+    base.append("--yes")
+
     wrong = cluster.run(*base, "--token", "x" * 32)
     assert wrong.returncode == 1
     line = one_error_line(wrong)
@@ -38,7 +44,7 @@ def test_join_errors_leave_the_cluster_empty(cluster: Cluster) -> None:
     assert "torch 2.0.1 (host has 2.13" in one_error_line(mismatch)
 
     port = free_port("127.0.0.2")
-    unreachable = cluster.run("join", f"127.0.0.2:{port}", "--advertise", "127.0.0.3",
+    unreachable = cluster.run("join", "--yes", f"127.0.0.2:{port}", "--advertise", "127.0.0.3",
                               "--state-dir", str(cluster.tmp / "a"), POTLUCK_TOKEN=host["token"])
     assert unreachable.returncode == 1
     line = one_error_line(unreachable)
@@ -145,7 +151,7 @@ def test_the_token_stays_out_of_command_lines_and_logs(cluster: Cluster) -> None
     token_file = cluster.tmp / "friend-token"
     token_file.write_text(host["token"] + "\n")
     target = host["url"].removeprefix("http://")
-    agent = cluster.spawn("agent-f", ["join", target, "--token-file", str(token_file), "--name", "f",
+    agent = cluster.spawn("agent-f", ["join", "--yes", target, "--token-file", str(token_file), "--name", "f",
                                       "--advertise", "127.0.0.3", "--state-dir", str(cluster.tmp / "f")])
     wait_until(lambda: "f" in cluster.nodes(), 60, "the friend to join with --token-file")
     assert agent.alive()

@@ -66,7 +66,7 @@ def test_a_second_agent_on_the_same_state_dir_is_refused(cluster: Cluster) -> No
     first = cluster.start_agent(host, "one", "127.0.0.3")
     wait_until(lambda: "one" in cluster.nodes(), 60, "the first agent to join")
     # Same --state-dir (agent-one), as two `potluck join` runs with the default dir would share.
-    out = cluster.run("join", host["url"].removeprefix("http://"), "--name", "two",
+    out = cluster.run("join", "--yes", host["url"].removeprefix("http://"), "--name", "two",
                       "--state-dir", str(cluster.tmp / "agent-one"), "--advertise", "127.0.0.3",
                       POTLUCK_TOKEN=host["token"])
     assert out.returncode == 1, out.stderr

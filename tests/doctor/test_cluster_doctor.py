@@ -48,7 +48,7 @@ class Cluster:
         self.token = (self.state / "token").read_text().strip()
         self.hostport = f"{self.addr_a_h}:{self.port}"
         for ns, name in ((self.a, "a"), (self.b, "b")):
-            lab.spawn(ns, *POTLUCK, "join", self.hostport, "--token", self.token, "--name", name,
+            lab.spawn(ns, *POTLUCK, "join", "--yes", self.hostport, "--token", self.token, "--name", name,
                       "--state-dir", str(tmp / name))
         _poll(lambda: self._alive() >= {"a", "b"} or None, 60, "both agents alive")
 

@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from potluck.agent.hardware import detect_hardware
+from potluck.agent.jobcode import Upload, Uploader, fetch_bundle, requirement_problems
 from potluck.agent.runner import NodeSettings, ReplicaRunner
 from potluck.contracts import wire as s
 from potluck.contracts.client import CoordinatorClient
 from potluck.contracts.errors import (
+    FATAL_EXIT_CODE,
     ApiResponseError,
     ClusterError,
     ConfigError,
@@ -66,6 +68,8 @@ class AgentConfig:
     """Address, interface, speed and device for replicas."""
     interface: str | None = None
     """Interface of the address (reported to the coordinator)."""
+    builtin_only: bool = False
+    """Run only built-in recipes: refuse jobs that ship code (``potluck join --builtin-only``)."""
 
 
 def load_node_key(state_dir: Path) -> str:
@@ -120,6 +124,7 @@ class Agent:
         self._restart_at: tuple[int, float] | None = None
         """A crashed replica's job and when (monotonic) to start it again."""
         self.interval_s = 1.0
+        self.uploader: Uploader | None = None
 
     # joining --------------------------------------------------------------------------------
 
@@ -146,6 +151,10 @@ class Agent:
         )
         self.node_id, self.registration = reg.node_id, reg
         self.interval_s = reg.heartbeat_interval_s
+        if self.uploader is None or self.uploader.node_id != reg.node_id:
+            if self.uploader is not None:
+                self.uploader.close(0)
+            self.uploader = Uploader(self.client, reg.node_id)
         return reg
 
     # the loop -------------------------------------------------------------------------------
@@ -225,6 +234,15 @@ class Agent:
         records = runner.read_records()
         report = runner.report()  # after reading, so a 'done' record is never missed
         records += runner.read_records()
+        self._send_files(runner, records)
+        if runner.finished and self.uploader is not None and not self.uploader.idle:
+            # the trained model is on its way to the host: "done" only once it is there
+            reports.append(s.ReplicaReport(job_id=runner.job_id, state="running",
+                                           step=report.step))
+            if records:
+                self.pending_job = runner.job_id
+                self.pending.extend(records)
+            return reports
         if records:
             if self.pending_job not in (None, runner.job_id):
                 self.pending.clear()
@@ -235,7 +253,8 @@ class Agent:
             runner.stop()
             self.runner = None
             done = self.restarts.get(report.job_id, 0)
-            if report.state == "failed" and done < MAX_RESTARTS:
+            fatal = report.exit_code == FATAL_EXIT_CODE  # the job's code: a restart cannot help
+            if report.state == "failed" and done < MAX_RESTARTS and not fatal:
                 delay = RESTART_BACKOFF_S[min(done, len(RESTART_BACKOFF_S) - 1)]
                 self.restarts[report.job_id] = done + 1
                 self._restart_at = (report.job_id, time.monotonic() + delay)
@@ -252,6 +271,45 @@ class Agent:
         else:
             reports.append(report)
         return reports
+
+    def _send_files(self, runner: ReplicaRunner, records: list[dict[str, Any]]) -> None:
+        """Queue each checkpoint the replica announced (and, with the last, the model)."""
+        if self.uploader is None:
+            return
+        for rec in records:
+            if rec.get("type") != "checkpoint" or not isinstance(rec.get("file"), str):
+                continue
+            folder = runner.checkpoint_dir
+            if rec.get("final"):
+                self.uploader.add(Upload(runner.job_id, "model", folder / "model.safetensors"))
+            self.uploader.add(Upload(runner.job_id, "checkpoint", folder / rec["file"],
+                                     int(rec.get("step", 0))))
+
+    def _prepare(self, assignment: s.Assignment) -> tuple[Path | None, Path | None]:
+        """The job's code folder and the checkpoint to start from (None, None: neither).
+        Raises ConfigError with one line when this node cannot run the job."""
+        job = assignment.job
+        code_dir = None
+        if job.code.file is not None:
+            if self.config.builtin_only:
+                raise ConfigError("this node runs built-in recipes only (joined with "
+                                  "--builtin-only) and does not run a job file")
+            problems = requirement_problems(job.code.requirements)
+            if problems:
+                raise ConfigError("; ".join(problems))
+            assert job.code.bundle is not None
+            code_dir = fetch_bundle(self.client, job.code.bundle, self.config.state_dir / "bundles")
+        resume = None
+        if assignment.resume is not None:
+            folder = self.config.state_dir / "checkpoints" / f"job-{assignment.job_id}"
+            resume = folder / f"step-{assignment.resume.step:08d}.safetensors"
+            if not resume.is_file():
+                step, data = self.client.checkpoint(assignment.job_id)
+                resume = folder / f"step-{step:08d}.safetensors"
+                from potluck.trainer.state import write_atomic
+
+                write_atomic(resume, data)
+        return code_dir, resume
 
     def _flush_metrics(self) -> None:
         assert self.node_id is not None
@@ -280,8 +338,19 @@ class Agent:
                 if time.monotonic() < self._restart_at[1]:
                     return  # backing off after a crash
                 self._restart_at = None
-            self.on_event(f"job {assignment.job_id}: starting a replica in slot {assignment.slot}")
-            self.runner = ReplicaRunner(assignment, self.config.node, self.config.state_dir / "runs")
+            try:
+                code_dir, resume = self._prepare(assignment)
+            except ConfigError as exc:
+                self.on_event(f"job {assignment.job_id}: cannot run it here: {exc}")
+                self.finished_reports[assignment.job_id] = s.ReplicaReport(
+                    job_id=assignment.job_id, state="failed", exit_code=FATAL_EXIT_CODE,
+                    message=str(exc)[:2000])
+                return
+            self.on_event(f"job {assignment.job_id}: starting a replica in slot {assignment.slot}"
+                          + (f" from the checkpoint after step {assignment.resume.step}"
+                             if assignment.resume else ""))
+            self.runner = ReplicaRunner(assignment, self.config.node, self.config.state_dir / "runs",
+                                        code_dir=code_dir, resume_from=resume)
 
     def _shutdown(self) -> None:
         for service in self.services:
@@ -289,6 +358,8 @@ class Agent:
         if self.runner is not None:
             self.runner.stop()
             self.runner = None
+        if self.uploader is not None:
+            self.uploader.close(timeout_s=30)
         if self.node_id is not None:
             try:
                 self._flush_metrics()

@@ -71,7 +71,8 @@ def exit_reason(code: int, last_line: str = "") -> str:
 class ReplicaRunner:
     """One replica process: start, poll, tail its metrics, stop."""
 
-    def __init__(self, assignment: Assignment, settings: NodeSettings, runs_dir: Path) -> None:
+    def __init__(self, assignment: Assignment, settings: NodeSettings, runs_dir: Path, *,
+                 code_dir: Path | None = None, resume_from: Path | None = None) -> None:
         """Start the replica. If ``assignment.go`` is False it waits at the start barrier
         (``run_dir/ready``: the replica touches its slot file there and waits for a second
         file, which :meth:`release` creates when the coordinator says go)."""
@@ -82,6 +83,7 @@ class ReplicaRunner:
             attempt += 1
         self.run_dir = job_dir / f"attempt-{attempt}"
         self.run_dir.mkdir(parents=True)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
         self.spec = ReplicaSpec(
             job=assignment.job,
             slot=assignment.slot,
@@ -94,6 +96,9 @@ class ReplicaRunner:
             threads=settings.threads,
             start_barrier=0 if assignment.go else 2,
             secret=assignment.secret,
+            code_dir=str(code_dir) if code_dir else None,
+            resume_from=str(resume_from) if resume_from else None,
+            checkpoint_dir=str(self.checkpoint_dir),
         )
         self._ready_dir = self.run_dir / "ready"
         self.waiting = not assignment.go

@@ -196,6 +196,34 @@ def _ephemeral_range() -> str:
 
 # join -----------------------------------------------------------------------------------------
 
+TRUST_NOTICE = ("joining {host} lets its jobs run code on this machine as your user (a job file "
+                "and its folder are shipped to every node)")
+
+
+def confirm_trust(state_dir: Path, host: str, yes: bool) -> None:
+    """Ask once per host whether it may run job code here; remembered in the state dir.
+    Raises ConfigError when nobody can answer (no terminal, no --yes)."""
+    from potluck.coordinator.auth import write_private
+
+    path = state_dir / "trusted_hosts.json"
+    try:
+        trusted = set(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        trusted = set()
+    if host in trusted:
+        return
+    notice = TRUST_NOTICE.format(host=host)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfigError(f"{notice}: pass --yes to accept, or --builtin-only to run only "
+                              "built-in models")
+        err.print(f"[yellow]{escape(notice)}[/]")
+        if not typer.confirm("trust this host?", default=False, err=True):
+            raise ConfigError("not joined: the host was not trusted (--builtin-only joins "
+                              "without running shipped code)")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    write_private(path, json.dumps(sorted(trusted | {host})) + "\n")
+
 
 def join(
     host_addr: str = typer.Argument(..., metavar="HOST[:PORT]", help="Address printed by `potluck host`."),
@@ -208,8 +236,13 @@ def join(
     device: str = typer.Option("auto", "--device", help="Devices to train on, one replica each: auto (every visible GPU, else cpu), cpu, cuda, cuda:N, or a list such as cuda:0,cuda:1."),
     threads: int = typer.Option(0, "--threads", help="torch threads per replica (0: default)."),
     state_dir: Path | None = typer.Option(None, "--state-dir", envvar="POTLUCK_AGENT_DIR", help=STATE_DIR_HELP.format(what="agent")),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Accept that the host may run job code on this machine without asking (scripts)."),
+    builtin_only: bool = typer.Option(False, "--builtin-only", help="Run only potluck's built-in models here, never code a job ships."),
 ) -> None:
-    """Join a cluster: register this machine, then run the jobs the host assigns. Ctrl-C leaves."""
+    """Join a cluster: register this machine, then run the jobs the host assigns. Ctrl-C leaves.
+
+    Joining lets the host run a job's code on this machine (as your user); potluck asks once
+    per host (--yes accepts, --builtin-only runs built-in models only)."""
     from potluck.agent import devices as dev
     from potluck.agent.hardware import detect_gpus
     from potluck.agent.node import Agent, AgentConfig, default_node_name
@@ -229,6 +262,8 @@ def join(
     interfaces = net.list_interfaces()
     choice = net.agent_address(addr, interfaces, override=advertise, allow_public=allow_public)
     root = state_dir or default_data_dir() / "agent"
+    if not builtin_only:
+        confirm_trust(root, f"{addr}:{port}", yes)
     lock = dev.StateDirLock(root).acquire()
     names = dev.device_nodes(name or default_node_name(), devices)
     agents = [
@@ -241,6 +276,7 @@ def join(
                 node=NodeSettings(advertise=choice.address, interface=choice.interface,
                                   speed=speeds[i], device=devices[i], threads=threads),
                 interface=choice.interface,
+                builtin_only=builtin_only,
             ),
             on_event=lambda msg, who=node_name, many=len(devices) > 1: err.print(
                 f"[dim]{time.strftime('%H:%M:%S')}[/] " + escape(f"{who}: {msg}" if many else msg)),
@@ -375,34 +411,64 @@ def check_speed(speed: float) -> None:
                           "like a device 4x slower)")
 
 
-def _job_config(config_file: Path | None, flags: dict[str, Any]) -> JobSpec:
-    """The job from a YAML file (sections or flat option names), overridden by flags;
-    validated. Raises ConfigError."""
+def _read_yaml(config_file: Path) -> dict[str, Any]:
     import yaml
 
+    try:
+        loaded = yaml.safe_load(config_file.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read --config {config_file}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--config {config_file} is not a text (YAML) file: pass a job "
+                          "file like docs/jobs.md shows") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {config_file} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"--config {config_file} must be a mapping of job fields, e.g. `model: mlp`")
+    return loaded
+
+
+def job_config(config_file: Path | None, flags: dict[str, Any], job_file: Path | None = None,
+               base: dict[str, Any] | None = None) -> JobSpec:
+    """The job: ``base`` (a resumed job's fields), then the job file's ``POTLUCK`` defaults,
+    then a YAML file, then flags; validated. Raises ConfigError."""
+    from potluck.contracts.jobspec import merge_fields
     from potluck.recipes import check_spec
 
-    raw: dict[str, Any] = {}
+    layers: list[dict[str, Any]] = [base or {}]
+    if job_file is not None:
+        from potluck.recipes.jobfile import job_defaults
+
+        layers.append(job_defaults(job_file))
+        layers.append({"code": {"file": str(job_file.resolve()), "bundle": None}})
     if config_file is not None:
-        try:
-            loaded = yaml.safe_load(config_file.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read --config {config_file}: {exc.strerror}") from exc
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"--config {config_file} is not a text (YAML) file: pass a job "
-                              "file like docs/jobs.md shows") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--config {config_file} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"--config {config_file} must be a mapping of job fields, e.g. `model: mlp`")
-        raw = loaded
-    return check_spec(JobSpec.parse(raw).with_options(flags))
+        layers.append(_read_yaml(config_file))
+    return check_spec(JobSpec.parse(merge_fields(*layers)).with_options(flags))
+
+
+def _ship(client: Any, spec: JobSpec, quiet: bool) -> JobSpec:
+    """Pack the job file's folder, print the manifest, upload it; the spec names the bundle."""
+    from potluck.contracts.bundle import pack
+
+    assert spec.code.file is not None
+    path = Path(spec.code.file)
+    bundle = pack(path.parent)
+    if not quiet:
+        shown = ", ".join(f"{name} ({size:,} B)" for name, size in bundle.files[:8])
+        more = f" and {len(bundle.files) - 8} more" if len(bundle.files) > 8 else ""
+        err.print(f"shipping {escape(str(path.parent))}: {len(bundle.files)} file(s), "
+                  f"{bundle.raw_bytes / 1e6:.2f} MB ({len(bundle.data) / 1e6:.2f} MB packed, "
+                  f"sha256 {bundle.sha256[:12]}): {escape(shown)}{more}")
+    info = client.upload_bundle(bundle.data)
+    return spec.updated({"code.file": path.name, "code.bundle": info.sha256})
 
 
 @job_options
 def train(
     job_flags: dict[str, Any],
+    job_file: Path | None = typer.Argument(None, metavar="[JOB_FILE]", help="Your job file (a .py defining model, dataset and loss; see docs/jobfiles.md); its folder is shipped to every node. Without it, a built-in model trains."),
     config_file: Path | None = typer.Option(None, "--config", help="YAML file of job fields (sections or the flat option names below, see docs/jobs.md); flags override it."),
+    resume: int | None = typer.Option(None, "--resume", metavar="JOB", help="Continue this finished, failed or cancelled job from its last checkpoint (same data order; give --steps for more)."),
     name: str | None = typer.Option(None, "--name", help="Job name shown in `potluck jobs`."),
     detach: bool = typer.Option(False, "--detach", help="Submit and return at once."),
     json_out: bool = typer.Option(False, "--json", help="Print a final JSON summary instead of a progress bar."),
@@ -414,17 +480,32 @@ def train(
     from potluck.contracts.jobspec import MIN_USEFUL_STEPS
     from potluck.trainer.core import planned_steps
 
-    config = _job_config(config_file, job_flags)
-    total = planned_steps(config)
-    if total < MIN_USEFUL_STEPS:
+    if job_file is not None and job_file.suffix in (".yaml", ".yml") and config_file is None:
+        job_file, config_file = None, job_file  # `potluck train job.yaml` means --config
+    if job_file is not None and not job_file.is_file():
+        raise ConfigError(f"job file {job_file} not found: pass the path of your .py job file")
+    client = _connect(host_url, token, state_dir) if resume is not None else None
+    base = None
+    if resume is not None:
+        assert client is not None
+        old = client.job(resume)
+        base = old.config.model_dump(exclude={"code"}) if job_file is not None else old.config.model_dump()
+    config = job_config(config_file, job_flags, job_file, base)
+    code_root = None
+    if config.code.file is not None and config.code.bundle is None:
+        code_root = Path(config.code.file).parent
+    total = planned_steps(config, code_root)
+    if total < MIN_USEFUL_STEPS and config.code.file is None:
         err.print(f"[yellow]warning:[/] this job trains only {total} step(s); the built-in models "
                   f"need about {MIN_USEFUL_STEPS} to learn (see docs/jobs.md): pass --steps "
                   f"{MIN_USEFUL_STEPS * 2} or more, or more --epochs")
-    client = _connect(host_url, token, state_dir)
+    client = client or _connect(host_url, token, state_dir)
     from potluck.doctor.remote import preflight  # no job on a cluster that would fail
 
     preflight(client)
-    job = client.submit(config, name)
+    if config.code.file is not None and config.code.bundle is None:
+        config = _ship(client, config, json_out)
+    job = client.submit_resume(config, resume, name) if resume is not None else client.submit(config, name)
     if detach:
         if json_out:
             _print_json({"job_id": job.id, "state": job.state})
@@ -488,7 +569,46 @@ def _report(job: Any, json_out: bool) -> None:
         raise TrainingError(f"job {job.id} {job.state}: {job.message or 'no details'} (see `potluck logs {job.id}`)")
 
 
+def pull(
+    job_id: int = typer.Argument(..., metavar="JOB", help="Job id (see `potluck jobs`)."),
+    path: Path | None = typer.Argument(None, help="Where to write the model (default: ./job-JOB-model.safetensors)."),
+    checkpoint: bool = typer.Option(False, "--checkpoint", help="Fetch the last full checkpoint (model, optimizer, step ...) instead of the model."),
+    force: bool = typer.Option(False, "--force", help="Overwrite PATH if it exists."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object about the file."),
+    host_url: str | None = typer.Option(None, "--host", envvar="POTLUCK_HOST", help=HOST_HELP),
+    token: str | None = typer.Option(None, "--token", envvar="POTLUCK_TOKEN", help=TOKEN_HELP),
+    state_dir: Path | None = typer.Option(None, "--state-dir", envvar="POTLUCK_STATE_DIR", help=STATE_DIR_HELP.format(what="host")),
+) -> None:
+    """Fetch a job's trained model (safetensors) from the host, from any machine with the token."""
+    import hashlib
+
+    from potluck.trainer.state import write_atomic
+
+    kind = "checkpoint" if checkpoint else "model"
+    path = path or Path(f"job-{job_id}-{kind}.safetensors")
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists: pass --force to overwrite it, or another PATH")
+    if not path.resolve().parent.is_dir():
+        raise ConfigError(f"folder {path.resolve().parent} does not exist: create it or pass another PATH")
+    client = _connect(host_url, token, state_dir)
+    step = None
+    if checkpoint:
+        step, data = client.checkpoint(job_id)
+    else:
+        data = client.model(job_id)
+    write_atomic(path, data)
+    info = {"job_id": job_id, "kind": kind, "path": str(path), "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(), "step": step}
+    if json_out:
+        _print_json(info)
+    else:
+        what = f"checkpoint after step {step}" if checkpoint else "model"
+        console.print(f"wrote job {job_id}'s {what} to {escape(str(path))} ({len(data) / 1e6:.2f} MB, "
+                      f"sha256 {info['sha256'][:12]}); load it with "
+                      "safetensors.torch.load_file(PATH)")
+
+
 def register(app: typer.Typer) -> None:
     """Add the cluster commands to the ``potluck`` CLI."""
-    for command in (host, join, status, train, jobs, logs, cancel):
+    for command in (host, join, status, train, jobs, logs, cancel, pull):
         app.command(command.__name__)(command)

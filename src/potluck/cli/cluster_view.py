@@ -89,8 +89,13 @@ def summary_table(summary: s.JobSummary) -> Table:
         ("test accuracy", f"{summary.test_accuracy:.3f}" if summary.test_accuracy is not None else "-"),
         ("results", summary.run_dir),
     ]
+    if summary.model:
+        rows.append(("trained model", f"on the host: `potluck pull {summary.job_id}`"))
+    if summary.checkpoint_step is not None:
+        rows.append(("last checkpoint", f"after step {summary.checkpoint_step} "
+                     f"(`potluck train --resume {summary.job_id}` continues from it)"))
     if summary.restarts:
-        rows.insert(2, ("restarted from scratch", f"{summary.restarts}x after every replica was lost "
+        rows.insert(2, ("restarted", f"{summary.restarts}x after every replica was lost "
                         f"({summary.steps_lost} committed steps trained again)"))
     for what, value in rows:
         table.add_row(what, escape(str(value)))

@@ -17,7 +17,18 @@ DEMO_STEPS = 60
 """What the demo trains when neither --steps nor --epochs is given."""
 
 
-def _job_from_flags(job_flags: dict[str, Any]) -> JobSpec:
+def _job_from_flags(job_flags: dict[str, Any], job_file: Path | None = None) -> JobSpec:
+    if job_file is not None:
+        from potluck.cli.cluster import job_config
+
+        if not job_file.is_file():
+            from potluck.contracts.errors import ConfigError
+
+            raise ConfigError(f"--job {job_file} not found: pass the path of your .py job file")
+        spec = job_config(None, job_flags, job_file)
+        if spec.steps is None and spec.epochs is None:
+            spec = spec.updated({"steps": DEMO_STEPS})
+        return spec
     if job_flags.get("steps") is None and job_flags.get("epochs") is None:
         job_flags = {**job_flags, "steps": DEMO_STEPS}
     return JobSpec().with_options(job_flags)
@@ -33,8 +44,8 @@ def _summary_table(results: list[dict[str, Any]]) -> Table:
         ("ideal samples/s (measured)", lambda r: f"{r['ideal_samples_per_s']:.0f}"),
         ("efficiency", lambda r: f"{r['efficiency']:.1%}"),
         ("steps x global batch", lambda r: f"{r['steps']} x {r['global_batch']}"),
-        ("final loss", lambda r: f"{r['final_loss']:.4f}"),
-        ("test accuracy", lambda r: f"{r['test_accuracy']:.1%}"),
+        ("final loss", lambda r: f"{r['final_loss']:.4f}" if r["final_loss"] is not None else "-"),
+        ("test accuracy", lambda r: f"{r['test_accuracy']:.1%}" if r["test_accuracy"] is not None else "-"),
         ("final allocation", lambda r: " / ".join(str(v) for _, v in sorted(r["allocation"].items(), key=lambda kv: int(kv[0])))),
         ("rebalances", lambda r: str(r["rebalances"])),
         ("wall time", lambda r: f"{r['wall_s']:.1f} s"),
@@ -62,10 +73,11 @@ def render_profiles(profiles: list[Any]) -> Table:
 @job_options
 def demo(
     job_flags: dict[str, Any],
+    job_file: Path = typer.Option(None, "--job", help="Train your own job file (a .py defining model, dataset and loss; see docs/jobfiles.md) instead of a built-in model."),
     nodes: int = typer.Option(None, "--nodes", help="Number of emulated nodes (default 3, or the length of --speeds)."),
     speeds: str = typer.Option(None, "--speeds", help="Comma list, one emulated speed per node (1.0 = full speed), e.g. 1,0.5,0.25."),
     compare: bool = typer.Option(False, "--compare", help="Also run the equal policy (plain DDP) and show both."),
-    save_model: str = typer.Option(None, "--save-model", help="Write the final model state_dict here (torch.save)."),
+    save_model: str = typer.Option(None, "--save-model", help="Write the final model here (safetensors if the name ends in .safetensors, else torch.save)."),
     experiments_dir: Path = typer.Option(Path("experiments"), "--experiments-dir", help="Where run folders are written."),
     name: str = typer.Option(None, "--name", help="Run name (default demo-<policy>-<time>)."),
     emulated_sample_ms: float = typer.Option(None, "--emulated-sample-ms", help="Per-sample time of the speed-1.0 emulated device (default: measured, >= 1 ms)."),
@@ -76,7 +88,7 @@ def demo(
     from potluck.demo.runner import DemoConfig, parse_speeds, run_demo
 
     cfg = DemoConfig(
-        job=_job_from_flags(job_flags),
+        job=_job_from_flags(job_flags, job_file),
         speeds=parse_speeds(speeds, nodes), compare=compare, experiments_dir=experiments_dir,
         name=name, save_model=save_model, emulated_sample_ms=emulated_sample_ms,
     )

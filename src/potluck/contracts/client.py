@@ -13,6 +13,7 @@ Echoed error details are cut to one short line.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import httpx
@@ -59,6 +60,16 @@ class CoordinatorClient:
         if body is not None:
             kwargs["content"] = body.model_dump_json()
             kwargs["headers"] = {"Content-Type": "application/json"}
+        resp = self._send(method, path, params=params, timeout_s=timeout_s, **kwargs)
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise ApiResponseError(resp.status_code, f"host {self.url} answered with "
+                                   "something that is not JSON: is this a potluck host?") from exc
+
+    def _send(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+              timeout_s: float | None = None, **kwargs: Any) -> httpx.Response:
+        """One request; transport failures and error statuses become potluck errors."""
         if timeout_s is not None:
             kwargs["timeout"] = timeout_s
         try:
@@ -77,11 +88,7 @@ class CoordinatorClient:
                 "does its firewall allow this port?"
             ) from exc
         if resp.status_code < 400:
-            try:
-                return resp.json()
-            except ValueError as exc:
-                raise ApiResponseError(resp.status_code, f"host {self.url} answered with "
-                                       "something that is not JSON: is this a potluck host?") from exc
+            return resp
         try:
             payload = resp.json()
             detail = str(payload.get("detail", resp.text))
@@ -144,6 +151,48 @@ class CoordinatorClient:
     def events(self, job_id: int, after: int = 0) -> list[s.LogEntry]:
         data = self._call("GET", f"/api/v1/jobs/{job_id}/events", params={"after": after})
         return [s.LogEntry(**e) for e in data]
+
+    # files: code bundles, checkpoints, models ---------------------------------------------
+
+    def _upload(self, method: str, path: str, data: bytes, timeout_s: float = 600.0) -> Any:
+        headers = {"Content-Type": "application/octet-stream",
+                   s.SHA256_HEADER: hashlib.sha256(data).hexdigest()}
+        resp = self._send(method, path, content=data, headers=headers, timeout_s=timeout_s)
+        return resp.json()
+
+    def _download(self, path: str, timeout_s: float = 600.0) -> tuple[bytes, httpx.Headers]:
+        """A file's bytes, checked against the sha256 the host sends with it."""
+        resp = self._send("GET", path, timeout_s=timeout_s)
+        want = resp.headers.get(s.SHA256_HEADER)
+        if want and hashlib.sha256(resp.content).hexdigest() != want:
+            raise ApiResponseError(resp.status_code, f"download of {path} was damaged in "
+                                   "transit (sha256 mismatch): try again")
+        return resp.content, resp.headers
+
+    def upload_bundle(self, data: bytes) -> s.BundleInfo:
+        return s.BundleInfo(**self._upload("POST", "/api/v1/bundles", data))
+
+    def bundle(self, sha256: str) -> bytes:
+        return self._download(f"/api/v1/bundles/{sha256}")[0]
+
+    def put_checkpoint(self, node_id: int, job_id: int, step: int, data: bytes) -> None:
+        self._upload("PUT", f"/api/v1/nodes/{node_id}/jobs/{job_id}/checkpoints/{step}", data)
+
+    def put_model(self, node_id: int, job_id: int, data: bytes) -> None:
+        self._upload("PUT", f"/api/v1/nodes/{node_id}/jobs/{job_id}/model", data)
+
+    def checkpoint(self, job_id: int) -> tuple[int, bytes]:
+        """``(step, bytes)`` of the job's newest checkpoint."""
+        data, headers = self._download(f"/api/v1/jobs/{job_id}/checkpoint")
+        return int(headers.get(s.STEP_HEADER, "0")), data
+
+    def model(self, job_id: int) -> bytes:
+        """The trained model of a job (safetensors bytes)."""
+        return self._download(f"/api/v1/jobs/{job_id}/model")[0]
+
+    def submit_resume(self, config: JobSpec, resume: int, name: str | None = None) -> s.JobInfo:
+        return s.JobInfo(**self._call("POST", "/api/v1/jobs",
+                                      s.JobSubmit(config=config, name=name, resume=resume)))
 
     # doctor -------------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ cross the HTTP API carry an ``http_status``: the coordinator answers with it and
     │   ├── ModelError              unknown model or recipe
     │   └── ExperimentDirError      experiments dir not writable
     ├── TrainingError               a replica or a job failed
+    │   ├── JobCodeError            the user's job file raised (file:line, exception)    exit 3
+    │   └── ReplicaMismatchError    replicas built different models or data sets          exit 3
     ├── ClusterError                control-plane problems                             500
     │   ├── HostUnreachableError    cannot reach the coordinator
     │   ├── AuthError               missing or wrong token                             401
@@ -66,6 +68,24 @@ class ExperimentDirError(ConfigError):
 
 class TrainingError(PotluckError):
     """Training could not go on (all replicas lost, a replica crashed at start, ...)."""
+
+
+class JobCodeError(TrainingError):
+    """The user's job file raised. The message names the file:line and the exception; the
+    full traceback is in the replica's log (``potluck logs JOB``). Restarting does not help."""
+
+    exit_code = 3
+
+
+class ReplicaMismatchError(TrainingError):
+    """Replicas built different initial parameters or data sets (unseeded randomness in the
+    job's code). Restarting does not help."""
+
+    exit_code = 3
+
+
+FATAL_EXIT_CODE = 3
+"""A replica exiting with this code hit an error a restart cannot fix (see JobCodeError)."""
 
 
 class ClusterError(PotluckError):

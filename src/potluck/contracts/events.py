@@ -106,12 +106,32 @@ class AlertEvent(_Event):
     message: str = Field(min_length=1, max_length=1000)
 
 
-Event = Annotated[StepEvent | AllocationEvent | MembershipEvent | DoneEvent | AlertEvent,
-                  Field(discriminator="type")]
+class ErrorEvent(_Event):
+    """The replica stopped on an error a restart cannot fix (the job's code raised, replicas
+    disagree on the model or data): one line, and the traceback for ``potluck logs``."""
+
+    type: Literal["error"] = "error"
+    message: str = Field(min_length=1, max_length=1000)
+    traceback: str = Field(default="", max_length=20000)
+
+
+class CheckpointEvent(_Event):
+    """A checkpoint of the full training state after ``step`` committed steps was written."""
+
+    type: Literal["checkpoint"] = "checkpoint"
+    file: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: Count
+    final: bool = False
+
+
+Event = Annotated[StepEvent | AllocationEvent | MembershipEvent | DoneEvent | AlertEvent
+                  | ErrorEvent | CheckpointEvent, Field(discriminator="type")]
 _adapter: TypeAdapter[Any] = TypeAdapter(Event)
 
 
-def parse_event(raw: Any) -> StepEvent | AllocationEvent | MembershipEvent | DoneEvent | AlertEvent:
+def parse_event(raw: Any) -> (StepEvent | AllocationEvent | MembershipEvent | DoneEvent | AlertEvent
+                              | ErrorEvent | CheckpointEvent):
     """One event from untrusted JSON data. Raises ConfigError naming the bad field."""
     try:
         return _adapter.validate_python(raw)
@@ -130,4 +150,5 @@ def event_json(event: BaseModel) -> str:
 
 
 __all__ = ["Event", "StepEvent", "AllocationEvent", "MembershipEvent", "DoneEvent", "AlertEvent",
+           "ErrorEvent", "CheckpointEvent",
            "EVENT_VERSION", "parse_event", "finite", "event_json"]

@@ -13,6 +13,8 @@ field (``optimizer.lr``) and the bad value. Sections::
     ├── sync        how replicas combine their work (a SyncStrategy name)
     ├── fault       fault-tolerance limits: replica slots, step timeout
     ├── emulation   emulated device timing (tests, demo)
+    ├── code        the user's job file and its bundle (None: a built-in recipe)
+    ├── checkpoint  how often the full training state is saved on the host
     └── global_batch, steps | epochs, seed
 
 Names (model, data set, policy, sync strategy) are checked against the training kernel's
@@ -28,7 +30,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -58,7 +60,7 @@ class Section(BaseModel):
 
 class ModelSection(Section):
     name: str = Field(default="mlp", min_length=1, max_length=100)
-    """Built-in model: ``mlp`` or ``simple_cnn``."""
+    """Built-in model: ``mlp`` or ``simple_cnn`` (ignored when ``code.file`` names a job file)."""
 
 
 class DataSection(Section):
@@ -73,6 +75,33 @@ class OptimizerSection(Section):
     """Learning rate of SGD."""
     momentum: float = Field(default=0.9, ge=0, lt=1)
     """SGD momentum."""
+    clip_grad_norm: float | None = Field(default=None, gt=0, le=1e6)
+    """Clip the global gradient (after the all-reduce) to this L2 norm; None: no clipping."""
+
+
+class CodeSection(Section):
+    """The user's own training code: a job file (see docs/jobfiles.md)."""
+
+    file: str | None = Field(default=None, min_length=1, max_length=1000)
+    """The job file: a path relative to the shipped bundle's root when ``bundle`` is set, else
+    a path on this machine (``potluck demo --job``)."""
+    bundle: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """sha256 of the job directory's bundle stored on the host (set by ``potluck train``)."""
+    requirements: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=100)
+    """pip requirements (``name`` or ``name==version`` ...) every node must have before the
+    job starts."""
+
+
+class CheckpointSection(Section):
+    """Periodic checkpoints of the full training state, kept on the host."""
+
+    every_s: float = Field(default=600.0, gt=0, le=86400 * 7)
+    """Write a checkpoint when this many seconds passed since the last one."""
+    every_steps: int | None = Field(default=None, ge=1, le=MAX_INT)
+    """Also write one every this many committed steps (None: by time only)."""
+    keep: int = Field(default=3, ge=1, le=1000)
+    """How many checkpoints the host keeps per job (the newest)."""
 
 
 class BalancerSection(Section):
@@ -125,6 +154,8 @@ class JobSpec(Section):
     sync: SyncSection = Field(default_factory=SyncSection)
     fault: FaultSection = Field(default_factory=FaultSection)
     emulation: EmulationSection = Field(default_factory=EmulationSection)
+    code: CodeSection = Field(default_factory=CodeSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     global_batch: int = Field(default=512, ge=1, le=MAX_INT)
     """Samples per optimizer step summed over all replicas (B); independent of the node count."""
     steps: int | None = Field(default=None, ge=1, le=MAX_INT)
@@ -214,10 +245,19 @@ _FLAT = {
     "deadband": "balancer.deadband",
     "lr": "optimizer.lr",
     "sync": "sync.strategy",
+    "clip_grad_norm": "optimizer.clip_grad_norm",
+    "momentum": "optimizer.momentum",
+    "checkpoint_every_s": "checkpoint.every_s",
+    "checkpoint_every_steps": "checkpoint.every_steps",
+    "requirements": "code.requirements",
 }
+
+_FILE_ONLY = ("requirements",)
+"""Flat names that job files and YAML take but the command line does not (lists)."""
 
 JOB_OPTIONS: tuple[JobOption, ...] = tuple(
     JobOption(name, path, *_field_doc(path)) for name, path in _FLAT.items()
+    if name not in _FILE_ONLY
 )
 """The job options every command takes as flags and YAML files take as flat keys."""
 
@@ -253,6 +293,19 @@ def _nest(raw: dict[str, Any]) -> dict[str, Any]:
             _set_path(out, _FLAT[key], value)
         else:
             out[key] = value  # pydantic names it if it is unknown
+    return out
+
+
+def merge_fields(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Job fields from several sources (a job file's defaults, YAML, ...), later ones winning
+    field by field; flat option names and nested sections mix freely."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in _nest(layer).items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = {**out[key], **value}
+            else:
+                out[key] = value
     return out
 
 
@@ -334,7 +387,15 @@ class ReplicaSpec(Section):
     memory_cap: int | None = Field(default=None, ge=1)
     """Largest micro-batch this device fits; larger shares use gradient accumulation."""
     save_model: str | None = None
-    """Write the final model state_dict here (torch.save) when training ends."""
+    """Write the final model state_dict here when training ends (safetensors when the name
+    ends in ``.safetensors``, else torch.save)."""
+    code_dir: str | None = None
+    """Where the job's bundle is unpacked on this machine (``job.code.file`` is relative to it)."""
+    resume_from: str | None = None
+    """A checkpoint file (see ``trainer/state.py``) to start from instead of step 0."""
+    checkpoint_dir: str | None = None
+    """Write checkpoints and the final model here (the agent sends them to the host);
+    None: no checkpoints."""
     device: str = "cpu"
     """torch device string: cpu or cuda[:N]."""
     start_barrier: int = Field(default=0, ge=0)

@@ -107,6 +107,10 @@ class RegisterRequest(Strict):
 
 
 NODE_CREDENTIAL_HEADER = "X-Potluck-Node"
+SHA256_HEADER = "X-Potluck-Sha256"
+"""sha256 (hex) of a file's bytes, sent with every upload and download of a file."""
+STEP_HEADER = "X-Potluck-Step"
+"""The step of a checkpoint being downloaded."""
 """Header carrying a node's credential on every call that acts for that node."""
 
 
@@ -137,6 +141,13 @@ class HeartbeatRequest(Strict):
     replicas: list[ReplicaReport] = Field(default_factory=list, max_length=16)
 
 
+class CheckpointRef(Strict):
+    """A checkpoint stored on the host (``GET /api/v1/jobs/{id}/checkpoint``)."""
+
+    step: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class Assignment(Strict):
     """A job this node should run a replica of."""
 
@@ -152,6 +163,8 @@ class Assignment(Strict):
     secret: str | None = Field(default=None, min_length=32, max_length=256, repr=False)
     """The job's secret for its replicas (ReplicaSpec.secret); only in this authenticated
     answer to the node's own heartbeat, never in the JobSpec or any listing."""
+    resume: CheckpointRef | None = None
+    """The job's newest checkpoint on the host: a replica starts from it, not from step 0."""
 
 
 class HeartbeatResponse(Strict):
@@ -170,6 +183,15 @@ class JobSubmit(Strict):
 
     config: JobSpec
     name: str | None = Field(default=None, max_length=100)
+    resume: int | None = Field(default=None, ge=0)
+    """Start from this earlier job's newest checkpoint (``potluck train --resume JOB``)."""
+
+
+class BundleInfo(Strict):
+    """A code bundle stored on the host."""
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    files: int = Field(ge=0)
 
 
 class NodeInfo(Strict):
@@ -212,9 +234,14 @@ class JobSummary(Strict):
     test_accuracy: float | None
     run_dir: str
     restarts: int = 0
-    """Times training started over from step 0 because every replica was lost at once."""
+    """Times training started over (from the last checkpoint, or step 0 without one) because
+    every replica was lost at once."""
     steps_lost: int = 0
     """Committed steps trained again after those restarts."""
+    checkpoint_step: int | None = None
+    """Step of the newest checkpoint on the host (``potluck train --resume`` starts there)."""
+    model: bool = False
+    """The trained model is on the host (``potluck pull JOB``)."""
 
 
 class JobReplica(Strict):

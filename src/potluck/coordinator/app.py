@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import importlib
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from potluck.contracts import wire as s
-from potluck.contracts.errors import PotluckError
+from potluck.contracts.bundle import MAX_BUNDLE_BYTES
+from potluck.contracts.errors import ConfigError, NotFoundError, PotluckError
+from potluck.coordinator.artifacts import MAX_ARTIFACT_BYTES
 from potluck.coordinator.auth import TokenMiddleware
 from potluck.coordinator.service import Coordinator
 from potluck.log import get_logger
@@ -42,6 +47,22 @@ Id = Annotated[int, Path(ge=0, le=2**62)]
 NodeCredential = Annotated[str | None, Header(alias=s.NODE_CREDENTIAL_HEADER, max_length=256)]
 """The credential of the node a call acts for (see ``Membership.authenticate``)."""
 """A node or job id in a path: bounded, so no integer SQLite cannot hold reaches it."""
+Sha256 = Annotated[str | None, Header(alias=s.SHA256_HEADER, pattern=r"^[0-9a-fA-F]{64}$")]
+"""The sender's sha256 of an uploaded file; the host refuses a body that does not match."""
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, mtime_ns: int, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sha256(path: Any) -> str:
+    st = os.stat(path)
+    return _sha256_of(str(path), st.st_mtime_ns, st.st_size)
 
 
 def create_app(coordinator: Coordinator, token: str, *, tick_s: float = 1.0,
@@ -127,6 +148,62 @@ def create_app(coordinator: Coordinator, token: str, *, tick_s: float = 1.0,
     @api.get("/api/v1/jobs/{job_id}/events")
     async def events(job_id: Id, after: Annotated[int, Query(ge=0, le=2**62)] = 0) -> list[s.LogEntry]:
         return coordinator.events(job_id, after)
+
+    # files: code bundles, checkpoints, trained models (raw bytes, sha256 in a header) ------
+
+    async def _body(request: Request, limit: int) -> bytes:
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > limit:
+            raise ConfigError(f"upload of {int(size)} bytes is over the host's {limit} byte limit")
+        data = await request.body()
+        if len(data) > limit:
+            raise ConfigError(f"upload of {len(data)} bytes is over the host's {limit} byte limit")
+        return data
+
+    def _file(path: Any, **headers: str) -> FileResponse:
+        return FileResponse(path, media_type="application/octet-stream",
+                            headers={s.SHA256_HEADER: _sha256(path), **headers})
+
+    @api.post("/api/v1/bundles", status_code=201)
+    async def put_bundle(request: Request) -> s.BundleInfo:
+        data = await _body(request, MAX_BUNDLE_BYTES)
+        sha, files = await asyncio.to_thread(coordinator.artifacts.put_bundle, data)
+        return s.BundleInfo(sha256=sha, files=files)
+
+    @api.get("/api/v1/bundles/{sha256}")
+    async def get_bundle(sha256: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")]) -> FileResponse:
+        return _file(coordinator.artifacts.bundle_path(sha256))
+
+    @api.put("/api/v1/nodes/{node_id}/jobs/{job_id}/checkpoints/{step}")
+    async def put_checkpoint(node_id: Id, job_id: Id, step: Id, request: Request,
+                             node: NodeCredential = None, sha256: Sha256 = None) -> dict[str, int]:
+        data = await _body(request, MAX_ARTIFACT_BYTES)
+        await coordinator.put_checkpoint(node_id, job_id, step, data, sha256, node)
+        return {"stored": len(data)}
+
+    @api.put("/api/v1/nodes/{node_id}/jobs/{job_id}/model")
+    async def put_model(node_id: Id, job_id: Id, request: Request, node: NodeCredential = None,
+                        sha256: Sha256 = None) -> dict[str, int]:
+        data = await _body(request, MAX_ARTIFACT_BYTES)
+        await coordinator.put_model(node_id, job_id, data, sha256, node)
+        return {"stored": len(data)}
+
+    @api.get("/api/v1/jobs/{job_id}/checkpoint")
+    async def get_checkpoint(job_id: Id) -> FileResponse:
+        coordinator.job_info(job_id)
+        latest = coordinator.artifacts.latest_checkpoint(job_id)
+        if latest is None:
+            raise NotFoundError(f"job {job_id} has no checkpoint on the host yet")
+        return _file(latest[1], **{s.STEP_HEADER: str(latest[0])})
+
+    @api.get("/api/v1/jobs/{job_id}/model")
+    async def get_model(job_id: Id) -> FileResponse:
+        job = coordinator.job_info(job_id)
+        path = coordinator.artifacts.model_path(job_id)
+        if path is None:
+            raise NotFoundError(f"job {job_id} has no trained model on the host ({job.state}"
+                                "; a model is stored when a job ends)")
+        return _file(path)
 
     for router in routers:
         api.include_router(router(coordinator))

@@ -277,6 +277,7 @@ class Host:
         cmd = [
             sys.executable, "-m", "potluck", "join", f"{url_host(self.config.advertise)}:{self.config.port}",
             "--state-dir", str(agent_dir), "--advertise", self.config.advertise,
+            "--yes",  # the host's own machine runs the jobs its owner submits
             *self.config.agent_args,
         ]
         env = {**os.environ, "POTLUCK_TOKEN": self.config.token, "POTLUCK_LOG_LEVEL": os.environ.get("POTLUCK_LOG_LEVEL", "INFO")}

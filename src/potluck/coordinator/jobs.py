@@ -15,8 +15,9 @@ import time
 from typing import Any
 
 from potluck.contracts import wire as s
-from potluck.contracts.errors import ConflictError, NotFoundError
+from potluck.contracts.errors import FATAL_EXIT_CODE, ConfigError, ConflictError, NotFoundError
 from potluck.contracts.jobspec import JobSpec
+from potluck.coordinator.artifacts import Artifacts
 from potluck.coordinator.config import CoordinatorConfig
 from potluck.coordinator.job_secrets import job_secret, load_or_create_job_key
 from potluck.coordinator.membership import Membership
@@ -51,8 +52,10 @@ def _no_job(job_id: int) -> NotFoundError:
 
 class Jobs:
     def __init__(self, store: Store, config: CoordinatorConfig, membership: Membership,
-                 telemetry: Telemetry) -> None:
+                 telemetry: Telemetry, artifacts: Artifacts) -> None:
         self.store = store
+        self.artifacts = artifacts
+        self._checkpoint_refs: dict[int, s.CheckpointRef | None] = {}
         self.config = config
         self.membership = membership
         self.telemetry = telemetry
@@ -105,16 +108,51 @@ class Jobs:
 
     def submit(self, req: s.JobSubmit) -> s.JobInfo:
         config = job_spec_from(req.config)
+        code = config.code
+        if code.file is not None and code.bundle is None:
+            raise ConfigError("a job file must be shipped as a bundle: submit it with "
+                              "`potluck train JOB_FILE`")
+        if code.bundle is not None and not self.artifacts.has_bundle(code.bundle):
+            raise ConfigError(f"code bundle {code.bundle[:12]} is not on the host: submit the "
+                              "job with `potluck train JOB_FILE` (it uploads the bundle first)")
+        if req.resume is not None:
+            old = self.row(req.resume)
+            if old["state"] not in s.FINISHED_JOB_STATES:
+                raise ConflictError(f"job {req.resume} is still {old['state']}: resume it after "
+                                    f"it ends, or `potluck cancel {req.resume}` first")
+            if self.artifacts.latest_checkpoint(req.resume) is None:
+                raise ConflictError(f"job {req.resume} has no checkpoint on the host to resume from")
         if not any(r["state"] == "alive" for r in self.store.nodes()):
             raise ConflictError(
                 "no live nodes in the cluster: run `potluck join` on a machine (or start "
                 "`potluck host` without --no-local-agent)"
             )
-        job_id = self.store.add_job(req.name or f"{config.model.name}-{config.data.name}",
-                                    dumps(config.model_dump()), time.time())
+        default = (f"{code.file.rsplit('/', 1)[-1].removesuffix('.py')}" if code.file
+                   else f"{config.model.name}-{config.data.name}")
+        job_id = self.store.add_job(req.name or default, dumps(config.model_dump()), time.time())
+        if req.resume is not None:
+            step = self.artifacts.copy_checkpoint(req.resume, job_id)
+            self.store.event("job", f"resumes job {req.resume} from its checkpoint after step "
+                             f"{step}", job_id=job_id)
         self.telemetry.progress[job_id] = s.JobProgress()
         self.start_queued()
         return self.info(job_id)
+
+    def checkpoint_stored(self, job_id: int, step: int) -> None:
+        self._checkpoint_refs.pop(job_id, None)
+
+    def checkpoint_ref(self, job_id: int) -> s.CheckpointRef | None:
+        """The job's newest checkpoint on the host (cached: heartbeats ask every second)."""
+        if job_id not in self._checkpoint_refs:
+            latest = self.artifacts.latest_checkpoint(job_id)
+            ref = None
+            if latest is not None:
+                import hashlib
+
+                ref = s.CheckpointRef(step=latest[0],
+                                      sha256=hashlib.sha256(latest[1].read_bytes()).hexdigest())
+            self._checkpoint_refs[job_id] = ref
+        return self._checkpoint_refs[job_id]
 
     def cancel(self, job_id: int) -> s.JobInfo:
         row = self.row(job_id)
@@ -178,7 +216,8 @@ class Jobs:
         return s.Assignment(job_id=job["id"], slot=node["slot"], name=node["name"],
                             lighthouse=self.config.lighthouse, job=config,
                             go=job["id"] in self.released,
-                            secret=job_secret(self._job_key, job["id"], job["created_at"]))
+                            secret=job_secret(self._job_key, job["id"], job["created_at"]),
+                            resume=self.checkpoint_ref(job["id"]))
 
     def _restarted(self, job_id: int) -> str:
         """What the job's end message must add when training started over (never silent)."""
@@ -186,8 +225,8 @@ class Jobs:
         if progress is None or not progress.restarts:
             return ""
         times = "once" if progress.restarts == 1 else f"{progress.restarts} times"
-        return (f"; restarted from scratch {times} after every replica was lost "
-                f"({progress.steps_lost} committed steps trained again)")
+        return (f"; restarted {times} after every replica was lost, from the last checkpoint "
+                f"or step 0 ({progress.steps_lost} committed steps trained again)")
 
     def _left_and_back(self, row: Any, node: Any) -> bool:
         """The node left cleanly mid-job (its replica was stopped) and is alive again: it
@@ -201,6 +240,13 @@ class Jobs:
 
     def finish(self, job_id: int, state: str, message: str) -> None:
         summary = self.telemetry.summarize(job_id, state)
+        latest = self.artifacts.latest_checkpoint(job_id)
+        summary.checkpoint_step = latest[0] if latest else None
+        summary.model = self.artifacts.model_path(job_id) is not None
+        if state == "failed" and latest is not None:
+            message += (f"; `potluck train --resume {job_id}` continues from the checkpoint "
+                        f"after step {latest[0]}")
+        self._checkpoint_refs.pop(job_id, None)
         self.telemetry.write_summary(summary)
         progress = self.telemetry.forget(job_id)
         self.store.finish_job(job_id, state, message, dumps(summary.model_dump()),
@@ -223,6 +269,15 @@ class Jobs:
                 self.released.add(job_id)
                 why = "all replicas ready" if ready else "start barrier timed out"
                 self.store.event("job", f"training starts ({why})", job_id=job_id)
+        fatal = [r for r in replicas if r["state"] == "failed" and r["exit_code"] == FATAL_EXIT_CODE]
+        if fatal and (job_id not in self.released or not active):
+            # the job's code raised, a requirement is missing, replicas disagree: restarting or
+            # starting without those nodes would not help
+            reasons = "; ".join(f"{r['node']}: {r['message'] or 'exit ' + str(r['exit_code'])}"
+                                for r in fatal)
+            self.finish(job_id, "failed", f"job stopped before it could train ({reasons})"
+                        if job_id not in self.released else f"job stopped ({reasons})")
+            return
         done = [r for r in replicas if r["done"] or r["state"] == "done"]
         first_done = self.telemetry.first_done_at.get(job_id, now)
         restarted = self._restarted(job_id)

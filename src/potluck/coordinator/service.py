@@ -10,10 +10,13 @@ by itself: call from one event loop.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Any
 
 from potluck.contracts import wire as s
 from potluck.contracts.errors import ForbiddenError, StorageError
+from potluck.coordinator.artifacts import Artifacts
 from potluck.coordinator.config import CoordinatorConfig
 from potluck.coordinator.jobs import Jobs
 from potluck.coordinator.membership import Membership
@@ -34,7 +37,8 @@ class Coordinator:
         self.config = config
         self.membership = Membership(store, config)
         self.telemetry = Telemetry(store, config.state_dir / "experiments")
-        self.lifecycle = Jobs(store, config, self.membership, self.telemetry)
+        self.artifacts = Artifacts(config.state_dir)
+        self.lifecycle = Jobs(store, config, self.membership, self.telemetry, self.artifacts)
         self.closing = False
         """Set when the host shuts down: long-polling routes return at once."""
         self.storage_problem: str | None = None
@@ -86,6 +90,35 @@ class Coordinator:
             raise ForbiddenError(f"node {node['name']} has no replica in job {job_id}: results "
                                  "come only from the nodes the job was assigned to")
         return self.telemetry.ingest(node, job_id, list(req.records))
+
+    # files from replicas ------------------------------------------------------------------
+
+    def _job_member(self, node_id: int, job_id: int, credential: str | None) -> tuple[Any, Any]:
+        self.membership.authenticate(node_id, credential)
+        node = self.membership.node(node_id)
+        job = self.lifecycle.row(job_id)
+        if self.store.replica(job_id, node_id) is None:
+            raise ForbiddenError(f"node {node['name']} has no replica in job {job_id}: files "
+                                 "come only from the nodes the job was assigned to")
+        return node, job
+
+    async def put_checkpoint(self, node_id: int, job_id: int, step: int, data: bytes,
+                             sha256: str | None, credential: str | None) -> None:
+        """Store a replica's checkpoint (the file is written on a thread, off the loop)."""
+        node, job = self._job_member(node_id, job_id, credential)
+        keep = self.lifecycle.spec(job).checkpoint.keep
+        await asyncio.to_thread(self.artifacts.put_checkpoint, job_id, step, data, sha256 or "", keep)
+        self.lifecycle.checkpoint_stored(job_id, step)
+        self.store.event("checkpoint", f"checkpoint after step {step} stored on the host "
+                         f"({len(data) / 1e6:.1f} MB, from {node['name']})", job_id=job_id)
+
+    async def put_model(self, node_id: int, job_id: int, data: bytes, sha256: str | None,
+                        credential: str | None) -> None:
+        node, job = self._job_member(node_id, job_id, credential)
+        await asyncio.to_thread(self.artifacts.put_model, job_id, data, sha256 or "",
+                                self.lifecycle.spec(job).model_dump_json(indent=2))
+        self.store.event("job", f"trained model stored on the host ({len(data) / 1e6:.1f} MB, "
+                         f"from {node['name']}): `potluck pull {job_id}` fetches it", job_id=job_id)
 
     # jobs ----------------------------------------------------------------------------------
 

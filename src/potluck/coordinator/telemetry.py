@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from potluck.contracts import wire as s
-from potluck.contracts.events import AllocationEvent, DoneEvent, StepEvent, event_json
+from potluck.contracts.events import AllocationEvent, DoneEvent, ErrorEvent, StepEvent, event_json
 from potluck.coordinator.store import Store, dumps, loads
 
 LOG_EVERY = 25
@@ -133,15 +133,20 @@ class Telemetry:
         lost = progress.step + 1 - event.step
         progress.restarts += 1
         progress.steps_lost += lost
+        source = "the last checkpoint" if event.step > 0 else "scratch: no checkpoint yet"
         self.store.event("job", f"training restarted from step {event.step}: every replica was lost "
-                         f"after step {progress.step} ({lost} committed steps are trained again)",
-                         job_id=job_id)
+                         f"after step {progress.step}; resumed from {source} ({lost} committed "
+                         "steps are trained again)", job_id=job_id)
         progress.step = event.step
 
     def _log(self, job_id: int, progress: s.JobProgress, event: BaseModel) -> None:
         """Job events for `potluck logs`: each allocation decision with its reason (once,
-        though every replica reports it) and the loss every ``LOG_EVERY`` committed steps."""
-        if isinstance(event, AllocationEvent) and event.step > self._logged_alloc.get(job_id, -1):
+        though every replica reports it), the loss every ``LOG_EVERY`` committed steps, and a
+        replica's fatal error with its traceback."""
+        if isinstance(event, ErrorEvent):
+            self.store.event("error", f"{event.replica}: {event.message}\n{event.traceback}".rstrip(),
+                             job_id=job_id)
+        elif isinstance(event, AllocationEvent) and event.step > self._logged_alloc.get(job_id, -1):
             self._logged_alloc[job_id] = event.step
             shares = " / ".join(f"{self._slot_names.get(slot, 'slot ' + slot)} {b}"
                                 for slot, b in sorted(event.allocation.items(), key=lambda kv: int(kv[0])))

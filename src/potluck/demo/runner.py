@@ -26,7 +26,7 @@ from potluck.contracts.jobspec import JobSpec
 from potluck.launcher import LocalCluster
 from potluck.profiler import profile_device
 from potluck.recipes import check_spec
-from potluck.trainer.core import build_training, train_reference
+from potluck.trainer.core import build_training, gradient_step, train_reference
 from potluck.trainer.emulation import Emulator, calibrate
 from potluck.trainer.sinks import JsonlTail, read_jsonl
 
@@ -120,8 +120,7 @@ def emulated_sample_s(cfg: DemoConfig) -> float:
     if cfg.emulated_sample_ms is not None:
         return cfg.emulated_sample_ms / 1e3
     tr = build_training(cfg.job)
-    x, y = tr.data.train.take(torch.arange(min(cfg.job.global_batch, tr.train_size)))
-    sample_s, _ = calibrate(tr.model, x, y, len(y))
+    sample_s, _ = calibrate(gradient_step(tr), min(cfg.job.global_batch, tr.train_size))
     cores = os.cpu_count() or 1
     return max(MIN_EMULATED_SAMPLE_S, 8 * sample_s * len(cfg.speeds) / cores)
 
@@ -254,8 +253,8 @@ def summarize(run_dir: Path, job: JobSpec, speeds: list[float], ideal: float) ->
         "samples_per_s": round(sps, 2),
         "ideal_samples_per_s": round(ideal, 2),
         "efficiency": round(sps / ideal, 4) if ideal > 0 else None,
-        "final_loss": first["final_loss"],
-        "test_accuracy": first["test_accuracy"],
+        "final_loss": first.get("final_loss"),
+        "test_accuracy": first.get("test_accuracy"),
         "allocation": first["allocation"],
         "rebalances": first["rebalances"],
         "allocation_changes": len(decisions),

@@ -17,6 +17,7 @@ from potluck.recipes.base import (
     Recipe,
     RecipeContext,
     TensorData,
+    TokenLoss,
     TrainData,
     check_spec,
     recipe_for,
@@ -24,5 +25,5 @@ from potluck.recipes.base import (
     registered_recipes,
 )
 
-__all__ = ["Batch", "Recipe", "RecipeContext", "TensorData", "TrainData", "check_spec",
+__all__ = ["Batch", "Recipe", "RecipeContext", "TensorData", "TokenLoss", "TrainData", "check_spec",
            "recipe_for", "register_recipe", "registered_recipes"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -31,6 +32,28 @@ class RecipeContext:
         return self.spec.seed
 
 
+class TokenLoss(NamedTuple):
+    """A loss whose number of terms varies per sample (padding, ``ignore_index``).
+
+    ``sum`` is the summed loss over this batch's terms and ``count`` how many terms there are.
+    potluck sums both across replicas and divides after the all-reduce, so the result is the
+    one-machine mean over every term of the global batch. (A plain mean loss is weighted by
+    the replica's share of samples instead, which is exact only when every sample has the
+    same number of terms.)
+    """
+
+    sum: torch.Tensor
+    count: int | float | torch.Tensor
+
+
+class SampleSet(Protocol):
+    """What the replica loop needs of a training set: its size and a batch by indices."""
+
+    def __len__(self) -> int: ...
+
+    def take(self, indices: torch.Tensor) -> Any: ...
+
+
 class TensorData:
     """A map-style data set over aligned tensors; ``take`` gathers a batch in one indexing op."""
 
@@ -53,8 +76,8 @@ class TensorData:
 class TrainData:
     """A recipe's data: the training set (positions of every epoch's permutation) and an eval set."""
 
-    train: TensorData
-    test: TensorData | None = None
+    train: SampleSet
+    test: SampleSet | None = None
     input_shape: tuple[int, ...] = ()
     num_classes: int = 0
 
@@ -79,8 +102,9 @@ class Recipe:
         """The training set and (optionally) the eval set."""
         raise NotImplementedError
 
-    def loss(self, model: nn.Module, batch: Batch, ctx: RecipeContext) -> torch.Tensor:
-        """Mean loss over ``batch`` (a scalar tensor). The replica weights it by ``b_r / B``."""
+    def loss(self, model: nn.Module, batch: Batch, ctx: RecipeContext) -> torch.Tensor | TokenLoss:
+        """Mean loss over ``batch`` (a scalar tensor; the replica weights it by ``b_r / B``),
+        or a :class:`TokenLoss` when the number of loss terms varies per sample."""
         raise NotImplementedError
 
     def optimizer(self, params: Iterable[nn.Parameter], ctx: RecipeContext) -> torch.optim.Optimizer:
@@ -88,10 +112,21 @@ class Recipe:
         opt = ctx.spec.optimizer
         return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum)
 
+    def scheduler(self, optimizer: torch.optim.Optimizer, ctx: RecipeContext) -> Any:
+        """A learning-rate scheduler stepped once per committed step (default: none)."""
+        return None
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: TrainData, ctx: RecipeContext) -> dict[str, float]:
         """Numbers about the trained model (default: none)."""
         return {}
+
+    def extra_state(self) -> Any:
+        """Plain-data state beyond model and optimizer that must heal and checkpoint with them."""
+        return None
+
+    def load_extra_state(self, state: Any) -> None:
+        del state
 
     def check(self) -> None:
         """Raise ConfigError if ``self.spec`` names something this recipe cannot build.
@@ -110,8 +145,14 @@ def registered_recipes() -> tuple[str, ...]:
     return RECIPES.names()
 
 
-def recipe_for(spec: JobSpec) -> Recipe:
-    """The recipe for ``spec.model.name``. Raises ModelError naming the known ones."""
+def recipe_for(spec: JobSpec, code_root: str | Path | None = None) -> Recipe:
+    """The job file's recipe when ``spec.code.file`` is set (its bundle unpacked at
+    ``code_root``), else the built-in for ``spec.model.name``. Raises ModelError naming the
+    known ones."""
+    if spec.code.file is not None:
+        from potluck.recipes.jobfile import JobFileRecipe
+
+        return JobFileRecipe(spec, code_root)
     return RECIPES.get(spec.model.name)(spec)
 
 

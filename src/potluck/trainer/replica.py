@@ -18,24 +18,34 @@ import os
 import socket
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from potluck.balancer import Balancer, Decision, Speed
-from potluck.contracts.errors import PotluckError
+from potluck.contracts.errors import FATAL_EXIT_CODE, PotluckError
 from potluck.contracts.events import (
     AlertEvent,
     AllocationEvent,
     DoneEvent,
+    ErrorEvent,
     MembershipEvent,
     StepEvent,
     finite,
 )
 from potluck.contracts.jobspec import ReplicaSpec
 from potluck.log import IdentityAdapter, get_logger, setup_logging
-from potluck.trainer.core import build_training, local_gradients, params_digest
+from potluck.trainer.checkpointing import Checkpointer
+from potluck.trainer.core import (
+    LocalLoss,
+    build_training,
+    data_fingerprint,
+    gradient_step,
+    local_gradients,
+    params_digest,
+)
 from potluck.trainer.emulation import Emulator, calibrate
 from potluck.trainer.faults import Faults
 from potluck.trainer.ft import make_manager
@@ -58,7 +68,8 @@ class Replica:
         threads = spec.threads or (1 if emulating else 0)
         if threads:
             torch.set_num_threads(threads)
-        self.tr = build_training(job, spec.device, replica=spec.name, slot=spec.slot)
+        self.tr = build_training(job, spec.device, replica=spec.name, slot=spec.slot,
+                                 code_root=spec.code_dir)
         b = job.balancer
         self.balancer = Balancer(
             policy=b.policy, global_batch=job.global_batch, rebalance_interval=b.rebalance_interval,
@@ -66,10 +77,12 @@ class Replica:
         )
         sample_s, overhead_s = job.emulation.sample_s, job.emulation.overhead_s
         if spec.speed != 1.0 and sample_s == 0:
-            x, y = self.tr.data.train.take(torch.arange(min(job.global_batch, 256)))
-            sample_s, overhead_s = calibrate(self.tr.model, x, y, len(y))
+            sample_s, overhead_s = calibrate(gradient_step(self.tr),
+                                             min(job.global_batch, 256, self.tr.train_size))
         self.emulator = Emulator(spec.speed, sample_s, overhead_s)
         self.sink: EventSink = sink or JsonlSink(spec.run_dir, spec.name, spec.slot)
+        self.checkpointer = None if spec.checkpoint_dir is None else Checkpointer(
+            spec.checkpoint_dir, job.checkpoint, self.sink.emit, self._ident)
         self.step = 0
         self.members: list[int] = []
         self.log = IdentityAdapter(get_logger("replica"),
@@ -77,6 +90,8 @@ class Replica:
         self.profile = self._own_profile()
         self.sync: Any = None
         self._alerts: set[str] = set()
+        self._identity: tuple[str, str] | None = None
+        self.resumed_from: int | None = None
 
     def _own_profile(self) -> tuple[float, float]:
         """``(overhead_s, sample_s)`` to share with peers; (0, 0) when nobody needs it.
@@ -92,6 +107,12 @@ class Replica:
             return (a, c)
         if job.balancer.policy not in ("proportional", "hybrid"):
             return (0.0, 0.0)
+        if job.code.file is not None:  # a job file: time its own forward+backward
+            sample_s, overhead_s = calibrate(gradient_step(self.tr),
+                                             min(job.global_batch, 64, self.tr.train_size))
+            if self.emulator.active:
+                return (self.emulator.overhead_s / spec.speed, self.emulator.sample_s / spec.speed)
+            return (overhead_s, sample_s)
         from potluck.profiler import profile_device
 
         per_node = max(2, job.global_batch // 8)
@@ -103,21 +124,33 @@ class Replica:
         return (prof.overhead_s, prof.sample_s)
 
     # torchft recovery: what a healthy peer sends a recovering one
+    # (checkpoints hold the same state plus torchft's step counters)
     def state_dict(self) -> dict[str, Any]:
         return {
-            "model": self.tr.model.state_dict(),
-            "optim": self.tr.optimizer.state_dict(),
+            **self.tr.state_dict(),
             "balancer": self.balancer.state_dict(),
             "sync": self.sync.state_dict() if self.sync is not None else {},
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.tr.model.load_state_dict(state["model"])
-        self.tr.optimizer.load_state_dict(state["optim"])
+    def load_state_dict(self, state: dict[str, Any], source: str = "a peer") -> None:
+        self.tr.load_state_dict(state)
         self.balancer.load_state_dict(state["balancer"])
         if self.sync is not None:
             self.sync.load_state_dict(state.get("sync", {}))
-        self.log.info("recovered state from a peer")
+        self.log.info("recovered state from %s", source)
+
+    def _resume(self, manager: Any) -> None:
+        """Start from the checkpoint in ``spec.resume_from`` instead of step 0."""
+        from potluck.trainer.state import read_state
+
+        state, step = read_state(Path(self.spec.resume_from or "").read_bytes())
+        self.load_state_dict(state, source=f"the checkpoint after step {step}")
+        manager.load_state_dict({"step": step,
+                                 "batches_committed": int(state.get("batches_committed", 0))})
+        self.resumed_from = step
+
+    def _checkpoint_state(self, manager: Any) -> dict[str, Any]:
+        return {**self.state_dict(), "batches_committed": manager.batches_committed()}
 
     def _wait_start_barrier(self) -> None:
         if self.spec.start_barrier <= 1:
@@ -143,7 +176,12 @@ class Replica:
             secret=spec.secret, on_alert=self._alert,
         )
         self.pg = pg
-        self.sync = make_sync(spec.job, tr.model, tr.optimizer, manager, spec.device)
+        self.sync = make_sync(spec.job, tr.model, tr.optimizer, manager, spec.device, tr.update)
+        if spec.resume_from:
+            self._resume(manager)
+        # Before the first step every member compares what it built (see check_identity).
+        self._identity = (params_digest(tr.model), data_fingerprint(tr)) \
+            if manager.current_step() == 0 else None
         self._wait_start_barrier()
         committed = discarded = 0
         started: float | None = None
@@ -166,6 +204,8 @@ class Replica:
                     committed += 1
                     last_loss = result.loss
                 self._stepped(work, result, members, quorum_s)
+                if result.committed:
+                    self._maybe_checkpoint(manager, members)
                 if not result.committed:
                     discarded += 1
                     self.log.warning("step %d discarded (%s)", self.step, result.error)
@@ -176,7 +216,22 @@ class Replica:
         finally:
             manager.shutdown(wait=False)
         ended = time.time()
+        if self.checkpointer is not None and self.members and spec.slot == min(self.members):
+            # the final state: `potluck train --resume` continues from it, `pull` fetches it
+            # (the model first: the final checkpoint's event tells the agent both are there)
+            done = manager.current_step()
+            self.checkpointer.save_model(tr.model.state_dict(), step=str(done))
+            self.checkpointer.save(done, self._checkpoint_state(manager), final=True)
         return self._finish(committed, discarded, started or ended, ended, last_loss)
+
+    def _maybe_checkpoint(self, manager: Any, members: list[int]) -> None:
+        """The lowest member writes a checkpoint when one is due (in the background)."""
+        ck = self.checkpointer
+        done = manager.current_step()
+        if ck is None or self.spec.slot != min(members) or done >= self.tr.total_steps \
+                or not ck.due(done):
+            return
+        ck.save(done, self._checkpoint_state(manager))
 
     def _compute(self) -> LocalWork:
         """This replica's share of the step: weighted gradients into ``.grad``, padded to the
@@ -197,10 +252,13 @@ class Replica:
                                      allocation=self.balancer.allocation, slot=spec.slot)
         tr.optimizer.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
-        loss_sum = local_gradients(tr, tr.batch(self._indices), share, spec.memory_cap) if share else 0.0
+        done = local_gradients(tr, tr.batch(self._indices), share, spec.memory_cap) if share \
+            else LocalLoss(0.0, 0.0, False)
         self.emulator.pad(share, t0)
         return LocalWork(slot=spec.slot, samples=share, compute_s=time.perf_counter() - t0,
-                         loss_sum=loss_sum, profile=self.profile)
+                         loss_sum=done.loss_sum, profile=self.profile, loss_count=done.count,
+                         tokens=done.tokens,
+                         identity=self._identity if self.step == 0 else None)
 
     def _stepped(self, work: LocalWork, result: SyncResult, members: list[int],
                  quorum_s: float) -> None:
@@ -275,10 +333,31 @@ class Replica:
             params_sha256=params_digest(tr.model),
         )
         if spec.save_model:
-            torch.save(tr.model.state_dict(), spec.save_model)
+            save_model(tr.model, spec.save_model)
         self.sink.emit(done)
         self.sink.close()
         return done.model_dump()
+
+
+def save_model(model: torch.nn.Module, path: str) -> None:
+    """The trained weights: safetensors for ``*.safetensors``, else ``torch.save``."""
+    if path.endswith(".safetensors"):
+        from potluck.trainer.state import model_bytes, write_atomic
+
+        write_atomic(path, model_bytes(model.state_dict()))
+    else:
+        torch.save(model.state_dict(), path)
+
+
+def report_error(spec: ReplicaSpec, exc: BaseException) -> None:
+    """Tell the launcher why this replica stops for good (an ErrorEvent with the traceback)."""
+    sink = JsonlSink(spec.run_dir, spec.name, spec.slot)
+    try:
+        sink.emit(ErrorEvent(t=round(time.time(), 4), replica=spec.name, slot=spec.slot, step=0,
+                             message=str(exc)[:1000] or type(exc).__name__,
+                             traceback="".join(traceback.format_exception(exc))[-20000:]))
+    finally:
+        sink.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,10 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m potluck.trainer.replica SPEC.json", file=sys.stderr)
         return 2
+    spec = None
     try:
         spec = ReplicaSpec.load(argv[0])
         Replica(spec).run()
     except PotluckError as exc:
+        if spec is not None and exc.exit_code == FATAL_EXIT_CODE:
+            report_error(spec, exc)
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -68,10 +69,12 @@ class JsonlSink:
         (self.run_dir / "replicas").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         self._file = open(self.run_dir / "replicas" / f"{name}.jsonl", "a", buffering=1)
+        self._lock = threading.Lock()  # the checkpoint writer thread emits too
 
     def emit(self, event: BaseModel) -> None:
         line = event_json(event)
-        self._file.write(line + "\n")
+        with self._lock:
+            self._file.write(line + "\n")
         if isinstance(event, AllocationEvent) and event.members and event.slot == min(event.members):
             with open(self.run_dir / "allocation.jsonl", "a") as log:
                 log.write(line + "\n")
@@ -82,7 +85,8 @@ class JsonlSink:
             os.replace(tmp, path)  # never a half-written summary
 
     def close(self) -> None:
-        self._file.close()
+        with self._lock:
+            self._file.close()
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

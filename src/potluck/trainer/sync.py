@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.distributed import ReduceOp
 
-from potluck.contracts.errors import ConfigError
+from potluck.contracts.errors import ConfigError, ReplicaMismatchError
 from potluck.contracts.jobspec import JobSpec
 from potluck.registry import Registry
 
@@ -36,6 +36,13 @@ class LocalWork:
     """Sum of the per-sample losses over this replica's samples."""
     profile: tuple[float, float] = (0.0, 0.0)
     """``(overhead_s, sample_s)`` from a profile, shared with peers (zeros: none)."""
+    loss_count: float = 0.0
+    """Loss terms behind ``loss_sum`` when ``tokens`` (TokenLoss), else samples."""
+    tokens: bool = False
+    """The gradients are raw sums over ``loss_count`` terms (TokenLoss): divide by the
+    global count after the all-reduce."""
+    identity: tuple[str, str] | None = None
+    """``(params sha256, data fingerprint)`` before the first step: every member must agree."""
 
 
 @dataclass(frozen=True)
@@ -66,12 +73,15 @@ class SyncStrategy(ABC):
     name = "sync"
 
     def __init__(self, spec: JobSpec, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 manager: Any, device: str = "cpu") -> None:
+                 manager: Any, device: str = "cpu", update: Callable[[], None] | None = None) -> None:
+        """``update`` applies the combined gradient (clip, optimizer, scheduler); default:
+        ``optimizer.step()``."""
         self.spec = spec
         self.model = model
         self.optimizer = optimizer
         self.manager = manager
         self.device = device
+        self.update = update or optimizer.step
 
     @abstractmethod
     def sync(self, work: LocalWork, members: list[int]) -> SyncResult:
@@ -102,15 +112,43 @@ def sync_strategies() -> tuple[str, ...]:
 
 
 def make_sync(spec: JobSpec, model: nn.Module, optimizer: torch.optim.Optimizer, manager: Any,
-              device: str = "cpu") -> SyncStrategy:
+              device: str = "cpu", update: Callable[[], None] | None = None) -> SyncStrategy:
     """The job's strategy for this replica. Raises ConfigError for an unknown name."""
-    return STRATEGIES.get(spec.sync.strategy)(spec, model, optimizer, manager, device)
+    return STRATEGIES.get(spec.sync.strategy)(spec, model, optimizer, manager, device, update)
 
 
 # Per-slot statistics appended to the gradient buffer. Only the owner writes its slot, so the
-# SUM is an exact copy of every replica's numbers on every replica.
-PRESENT, SAMPLES, COMPUTE_S, LOSS_SUM, PROFILE_A, PROFILE_C = range(6)
-STAT_WIDTH = 6
+# SUM is an exact copy of every replica's numbers on every replica. IDENT* hold 20-bit pieces
+# of the parameter digest and data fingerprint (exact in float32) before the first step.
+(PRESENT, SAMPLES, COMPUTE_S, LOSS_SUM, PROFILE_A, PROFILE_C, COUNT, TOKENS,
+ IDENT_P0, IDENT_P1, IDENT_D0, IDENT_D1) = range(12)
+STAT_WIDTH = 12
+
+
+def identity_code(hexdigest: str) -> tuple[float, float]:
+    """Two 20-bit pieces (+1, so 0 means "not sent") of a hex digest."""
+    bits = int(hexdigest[:10], 16)
+    return float((bits >> 20) + 1), float((bits & 0xFFFFF) + 1)
+
+
+def check_identity(stats: torch.Tensor, members: list[int]) -> None:
+    """Raise ReplicaMismatchError unless every member that sent an identity sent the same."""
+    for cols, what, cause in (
+        ((IDENT_P0, IDENT_P1), "initial parameters",
+         "model(ctx) is not a deterministic function of ctx.seed (unseeded randomness such as "
+         "torch.rand, or different code or versions on the nodes)"),
+        ((IDENT_D0, IDENT_D1), "training data",
+         "dataset(ctx) differs between nodes (unseeded shuffling, or different data files)"),
+    ):
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for s in members:
+            code = tuple(int(stats[s, c]) for c in cols)
+            if all(code):
+                groups.setdefault(code, []).append(s)
+        if len(groups) > 1:
+            parts = " vs ".join("slot" + ("s " if len(g) > 1 else " ") + ", ".join(map(str, g))
+                                for g in groups.values())
+            raise ReplicaMismatchError(f"replicas built different {what} ({parts}): {cause}")
 
 
 @register_sync("allreduce")
@@ -149,8 +187,11 @@ class WeightedAllReduce(SyncStrategy):
     def sync(self, work: LocalWork, members: list[int]) -> SyncResult:
         buf = self._flat()
         mine = self.numel + work.slot * STAT_WIDTH
+        ident = (*identity_code(work.identity[0]), *identity_code(work.identity[1])) \
+            if work.identity else (0.0, 0.0, 0.0, 0.0)
         buf[mine : mine + STAT_WIDTH] = torch.tensor(
-            [1.0, work.samples, work.compute_s, work.loss_sum, work.profile[0], work.profile[1]])
+            [1.0, work.samples, work.compute_s, work.loss_sum, work.profile[0], work.profile[1],
+             work.loss_count, float(work.tokens), *ident], dtype=torch.float64).float()
         t0 = time.perf_counter()
         self.manager.allreduce(buf, reduce_op=ReduceOp.SUM).wait()
         t1 = time.perf_counter()
@@ -159,13 +200,20 @@ class WeightedAllReduce(SyncStrategy):
         if not committed:
             result.error = str(self.manager.errored())
             return result
-        self._unflat(buf[: self.numel])
-        self.optimizer.step()
         stats = buf[self.numel :].view(self.slots, STAT_WIDTH)
+        check_identity(stats, members)  # before the update: a mismatch changes nothing
+        grads = buf[: self.numel]
+        if float(stats[:, TOKENS].sum()) > 0:  # TokenLoss: divide by the global term count
+            count = max(float(stats[:, COUNT].sum()), 1.0)
+            grads.div_(count)
+            result.loss = float(stats[:, LOSS_SUM].sum()) / count
+        else:
+            result.loss = float(stats[:, LOSS_SUM].sum()) / self.spec.global_batch
+        self._unflat(grads)
+        self.update()
         result.peers = {
             s: PeerStats(int(round(float(stats[s, SAMPLES]))), float(stats[s, COMPUTE_S]),
                          (float(stats[s, PROFILE_A]), float(stats[s, PROFILE_C])))
             for s in members if stats[s, PRESENT] > 0.5
         }
-        result.loss = float(stats[:, LOSS_SUM].sum()) / self.spec.global_batch
         return result
