@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import time
@@ -135,13 +136,18 @@ def test_host_killed_hard_keeps_its_old_local_agent_instead_of_a_second_one(clus
     wait_until(lambda: not local_agents(cluster.host_dir), 30, "the adopted agent to stop")
 
 
-def test_every_agent_killed_and_restarted_says_training_started_over(cluster: Cluster) -> None:
+def test_every_agent_killed_and_restarted_resumes_from_the_last_checkpoint(cluster: Cluster) -> None:
     """All machines vanish at once mid-job (agents and replicas killed) and come back: no
-    peer is left to heal from, so training starts over. Until checkpoints exist that is what
-    happens; it is never silent: the log, the job's message and the summary say it."""
+    peer is left to heal from, so training resumes from the last checkpoint on the host, not
+    from step 0; the log, the job's message and the summary say so."""
     host, agents = two_agents(cluster)
-    # Long enough that the kill lands mid-job even when progress reaches the host late.
-    job_id = submit(cluster, 200, reach=25)
+    out = cluster.cli("train", *JOB, "--steps", "200", "--config",
+                      job_yaml(cluster, checkpoint_every_steps=10), "--detach", "--json")
+    assert out.returncode == 0, out.stderr
+    job_id = json.loads(out.stdout)["job_id"]
+    ckpts = cluster.host_dir / "experiments" / f"job-{job_id}" / "checkpoints"
+    wait_until(lambda: ckpts.is_dir() and any(p.name.startswith("step-") for p in ckpts.iterdir()),
+               90, "a checkpoint on the host")
     for agent in agents:
         cluster.stop(agent, signal.SIGKILL)  # the replicas die with their agents
     wait_until(lambda: all(n["state"] == "lost" for n in cluster.nodes().values()), 30, "both nodes lost")
@@ -150,10 +156,14 @@ def test_every_agent_killed_and_restarted_says_training_started_over(cluster: Cl
 
     final = finished(cluster, job_id, ["b", "c"])
     assert "restarted once after every replica was lost" in final["message"], final["message"]
-    assert final["summary"]["restarts"] == 1 and final["summary"]["steps_lost"] >= 25
-    # "from step 0", or a few steps on when the replica that came back second healed from the first.
     log = cluster.cli("logs", str(job_id)).stdout
-    assert "training restarted from step " in log and ": every replica was lost after step" in log, log
+    resumed = re.search(r"training restarted from step (\d+): every replica was lost after step "
+                        r"\d+; resumed from the last checkpoint", log)
+    assert resumed, log
+    step = int(resumed.group(1))
+    assert step > 0 and step % 10 == 0  # a checkpoint's step, not step 0
+    assert final["summary"]["restarts"] == 1 and final["summary"]["checkpoint_step"] == 200
+    assert "starting a replica in slot" in cluster.procs[-1].log.read_text()
 
 
 def test_a_frozen_agent_whose_replica_still_trains_is_not_lost(cluster: Cluster) -> None:

@@ -11,25 +11,28 @@ import typer
 from potluck.cli.main import app
 from potluck.contracts.jobspec import JOB_OPTIONS
 
-JOB = ["--dataset", "--deadband", "--epochs", "--global-batch", "--lr", "--model", "--policy",
+JOB = ["--checkpoint-every-s", "--checkpoint-every-steps", "--clip-grad-norm", "--dataset",
+       "--deadband", "--epochs", "--global-batch", "--lr", "--model", "--momentum", "--policy",
        "--rebalance-interval", "--seed", "--steps", "--sync"]
 CLUSTER = ["--host", "--json", "--state-dir", "--token"]
 
 EXPECTED: dict[str, list[str]] = {
     "cancel": sorted(CLUSTER + ["JOB_ID"]),
-    "demo": sorted(JOB + ["--compare", "--emulated-sample-ms", "--experiments-dir", "--json",
+    "demo": sorted(JOB + ["--compare", "--emulated-sample-ms", "--experiments-dir", "--job", "--json",
                           "--name", "--nodes", "--save-model", "--speeds"]),
     "doctor": ["--advertise", "--cluster", "--experiments-dir", "--json", "--name", "--state-dir",
                "--token", "HOST"],
     "host": ["--advertise", "--allow-public", "--emulate-speed", "--json", "--lighthouse-port",
              "--name", "--no-local-agent", "--port", "--show-ports", "--state-dir", "--token"],
     "jobs": CLUSTER,
-    "join": ["--advertise", "--allow-public", "--device", "--emulate-speed", "--name",
-             "--state-dir", "--threads", "--token", "--token-file", "HOST_ADDR"],
+    "join": ["--advertise", "--allow-public", "--builtin-only", "--device", "--emulate-speed",
+             "--name", "--state-dir", "--threads", "--token", "--token-file", "--yes", "-y",
+             "HOST_ADDR"],
     "logs": ["--follow", "--host", "--json", "--state-dir", "--token", "-f", "JOB_ID"],
     "profile": ["--batch-sizes", "--dataset", "--device", "--json", "--memory-budget-mb", "--model"],
+    "pull": sorted(CLUSTER + ["--checkpoint", "--force", "JOB_ID", "PATH"]),
     "status": CLUSTER,
-    "train": sorted(JOB + CLUSTER + ["--config", "--detach", "--name"]),
+    "train": sorted(JOB + CLUSTER + ["--config", "--detach", "--name", "--resume", "JOB_FILE"]),
 }
 
 
