@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +25,7 @@ from conftest import Cluster
 from potluck.net.address import AddressKind, parse_ip_addr
 
 pytestmark = pytest.mark.netns
+JOBS = Path(__file__).parent.parent / "jobs"
 
 
 def ip(*args: str, ns: str | None = None) -> None:
@@ -125,6 +128,25 @@ def test_agents_in_namespaces_pick_the_route_interface_and_train(cluster: Cluste
         assert json.loads((run / "spec.json").read_text())["advertise_host"] == info["addr"]
         pins = json.loads((run / "network.json").read_text())
         assert pins == {v: info["iface"] for v in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "TP_SOCKET_IFNAME")}
+
+    # A user's job folder (job file, helper module, data file, a requirement) is shipped to
+    # the agents in their namespaces, trains there, and its model comes back.
+    folder = cluster.tmp / "myjob"
+    folder.mkdir()
+    for f in ("chargpt.py", "helpers.py", "corpus.txt"):
+        shutil.copy(JOBS / f, folder / f)
+    yaml.write_text("fault: {step_timeout_s: 8}\nrequirements: ['numpy>=1.20']\n")
+    out = cluster.cli("train", str(folder / "chargpt.py"), "--steps", "4", "--config", str(yaml),
+                      "--json", prefix=in_host, timeout=150)
+    assert out.returncode == 0, out.stderr + out.stdout
+    summary = json.loads(out.stdout)
+    assert summary["state"] == "succeeded" and summary["nodes"] == ["a", "b"] and summary["model"]
+    for name in topo["agents"]:
+        (bundle,) = [p for p in (cluster.tmp / f"agent-{name}" / "bundles").iterdir() if not p.name.startswith(".")]
+        assert (bundle / "helpers.py").is_file() and (bundle / "corpus.txt").is_file()
+    pulled = cluster.cli("pull", str(summary["job_id"]), str(cluster.tmp / "m.safetensors"), prefix=in_host)
+    assert pulled.returncode == 0, pulled.stderr
+    assert (cluster.tmp / "m.safetensors").stat().st_size > 10_000
 
 
 def test_decoy_comes_first_so_a_naive_pick_would_be_wrong(net: Net) -> None:

@@ -110,3 +110,21 @@ def test_unseeded_model_is_caught_before_the_first_step(tmp_path: Path) -> None:
     assert len(errors) == 2 and all(isinstance(e, ReplicaMismatchError) for e in errors)
     assert "different initial parameters (slot 0 vs slot 1)" in str(errors[0])
     assert "deterministic function of ctx.seed" in str(errors[0])
+
+
+def test_batchnorm_is_pointed_out(tmp_path: Path) -> None:
+    job = tmp_path / "bn.py"
+    job.write_text(
+        "import torch\n\n"
+        "def model(ctx):\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))\n\n"
+        "def dataset(ctx):\n    return [(torch.ones(2) * i, i % 2) for i in range(16)]\n\n"
+        "def loss(model, batch, ctx):\n"
+        "    x, y = batch\n"
+        "    return torch.nn.functional.cross_entropy(model(x), y)\n")
+    spec = JobSpec.parse({"code": {"file": str(job)}, "global_batch": 8, "steps": 1})
+    with ThreadCluster(spec, [1.0], tmp_path) as cluster:
+        cluster.wait()
+        notices = [e for e in cluster.events(0) if e["type"] == "notice"]
+    assert len(notices) == 1 and "BatchNorm1d" in notices[0]["message"]
+    assert "GroupNorm or LayerNorm" in notices[0]["message"]

@@ -48,6 +48,8 @@ class StepEvent(_Event):
     quorum_s: Seconds
     allreduce_s: Seconds
     commit_s: Seconds
+    data_s: Seconds | None = None
+    """Seconds this step waited for its samples (0 when they were prefetched in time)."""
     wait_s: Seconds | None = None
     comm_s: Seconds | None = None
     loss: float | None = None
@@ -106,6 +108,14 @@ class AlertEvent(_Event):
     message: str = Field(min_length=1, max_length=1000)
 
 
+class NoticeEvent(_Event):
+    """Something the user should know about the job (it still trains): e.g. BatchNorm layers,
+    which make uneven shares inexact. The host logs each distinct notice once."""
+
+    type: Literal["notice"] = "notice"
+    message: str = Field(min_length=1, max_length=1000)
+
+
 class ErrorEvent(_Event):
     """The replica stopped on an error a restart cannot fix (the job's code raised, replicas
     disagree on the model or data): one line, and the traceback for ``potluck logs``."""
@@ -126,12 +136,12 @@ class CheckpointEvent(_Event):
 
 
 Event = Annotated[StepEvent | AllocationEvent | MembershipEvent | DoneEvent | AlertEvent
-                  | ErrorEvent | CheckpointEvent, Field(discriminator="type")]
+                  | ErrorEvent | CheckpointEvent | NoticeEvent, Field(discriminator="type")]
 _adapter: TypeAdapter[Any] = TypeAdapter(Event)
 
 
 def parse_event(raw: Any) -> (StepEvent | AllocationEvent | MembershipEvent | DoneEvent | AlertEvent
-                              | ErrorEvent | CheckpointEvent):
+                              | ErrorEvent | CheckpointEvent | NoticeEvent):
     """One event from untrusted JSON data. Raises ConfigError naming the bad field."""
     try:
         return _adapter.validate_python(raw)
@@ -150,5 +160,5 @@ def event_json(event: BaseModel) -> str:
 
 
 __all__ = ["Event", "StepEvent", "AllocationEvent", "MembershipEvent", "DoneEvent", "AlertEvent",
-           "ErrorEvent", "CheckpointEvent",
+           "ErrorEvent", "CheckpointEvent", "NoticeEvent",
            "EVENT_VERSION", "parse_event", "finite", "event_json"]

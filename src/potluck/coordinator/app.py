@@ -160,9 +160,9 @@ def create_app(coordinator: Coordinator, token: str, *, tick_s: float = 1.0,
             raise ConfigError(f"upload of {len(data)} bytes is over the host's {limit} byte limit")
         return data
 
-    def _file(path: Any, **headers: str) -> FileResponse:
+    def _file(path: Any, sha256: str | None = None, **headers: str) -> FileResponse:
         return FileResponse(path, media_type="application/octet-stream",
-                            headers={s.SHA256_HEADER: _sha256(path), **headers})
+                            headers={s.SHA256_HEADER: sha256 or _sha256(path), **headers})
 
     @api.post("/api/v1/bundles", status_code=201)
     async def put_bundle(request: Request) -> s.BundleInfo:
@@ -194,7 +194,8 @@ def create_app(coordinator: Coordinator, token: str, *, tick_s: float = 1.0,
         latest = coordinator.artifacts.latest_checkpoint(job_id)
         if latest is None:
             raise NotFoundError(f"job {job_id} has no checkpoint on the host yet")
-        return _file(latest[1], **{s.STEP_HEADER: str(latest[0])})
+        return _file(latest[1], coordinator.artifacts.checkpoint_sha256(latest[1]),
+                     **{s.STEP_HEADER: str(latest[0])})
 
     @api.get("/api/v1/jobs/{job_id}/model")
     async def get_model(job_id: Id) -> FileResponse:

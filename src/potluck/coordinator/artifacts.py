@@ -85,13 +85,22 @@ class Artifacts:
 
     def put_checkpoint(self, job_id: int, step: int, data: bytes, sha256: str, keep: int) -> Path:
         """Store job ``job_id``'s checkpoint after ``step`` steps; keep the newest ``keep``."""
-        _verified(data, sha256)
+        sha = _verified(data, sha256)
         folder = self.job_dir(job_id) / "checkpoints"
         path = folder / f"step-{step:08d}.safetensors"
+        _write(path.with_name(path.name + ".sha256"), sha.encode())
         _write(path, data)
         for old in self.checkpoints(job_id)[:-keep]:
-            (folder / f"step-{old:08d}.safetensors").unlink(missing_ok=True)
+            for suffix in ("", ".sha256"):
+                (folder / f"step-{old:08d}.safetensors{suffix}").unlink(missing_ok=True)
         return path
+
+    def checkpoint_sha256(self, path: Path) -> str:
+        """The stored checkpoint's sha256 (from its sidecar file; hashed if that is missing)."""
+        try:
+            return path.with_name(path.name + ".sha256").read_text().strip()
+        except OSError:
+            return hashlib.sha256(path.read_bytes()).hexdigest()
 
     def checkpoints(self, job_id: int) -> list[int]:
         """Steps of the stored checkpoints, oldest first."""

@@ -147,10 +147,8 @@ class Jobs:
             latest = self.artifacts.latest_checkpoint(job_id)
             ref = None
             if latest is not None:
-                import hashlib
-
                 ref = s.CheckpointRef(step=latest[0],
-                                      sha256=hashlib.sha256(latest[1].read_bytes()).hexdigest())
+                                      sha256=self.artifacts.checkpoint_sha256(latest[1]))
             self._checkpoint_refs[job_id] = ref
         return self._checkpoint_refs[job_id]
 

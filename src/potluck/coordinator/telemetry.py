@@ -19,7 +19,14 @@ from typing import Any
 from pydantic import BaseModel
 
 from potluck.contracts import wire as s
-from potluck.contracts.events import AllocationEvent, DoneEvent, ErrorEvent, StepEvent, event_json
+from potluck.contracts.events import (
+    AllocationEvent,
+    DoneEvent,
+    ErrorEvent,
+    NoticeEvent,
+    StepEvent,
+    event_json,
+)
 from potluck.coordinator.store import Store, dumps, loads
 
 LOG_EVERY = 25
@@ -52,6 +59,7 @@ class Telemetry:
         """(job id, node id) -> the node's last committed step."""
         self._logged_alloc: dict[int, int] = {}
         self._logged_step: dict[int, int] = {}
+        self._notices: dict[int, set[str]] = {}
         self._recent_sps: dict[int, deque[float]] = {}
         """Job id -> per-step samples/s of the last committed steps (the live figure is their
         median: one step that ends just after a heal or a quorum change reads 20x too fast)."""
@@ -143,7 +151,12 @@ class Telemetry:
         """Job events for `potluck logs`: each allocation decision with its reason (once,
         though every replica reports it), the loss every ``LOG_EVERY`` committed steps, and a
         replica's fatal error with its traceback."""
-        if isinstance(event, ErrorEvent):
+        if isinstance(event, NoticeEvent):
+            seen = self._notices.setdefault(job_id, set())
+            if event.message not in seen:
+                seen.add(event.message)
+                self.store.event("notice", event.message, job_id=job_id)
+        elif isinstance(event, ErrorEvent):
             self.store.event("error", f"{event.replica}: {event.message}\n{event.traceback}".rstrip(),
                              job_id=job_id)
         elif isinstance(event, AllocationEvent) and event.step > self._logged_alloc.get(job_id, -1):
@@ -175,6 +188,7 @@ class Telemetry:
         for key in [k for k in self._node_step if k[0] == job_id]:
             del self._node_step[key]
         self._logged_step.pop(job_id, None)
+        self._notices.pop(job_id, None)
         return self.progress.pop(job_id, None)
 
     def summarize(self, job_id: int, state: str) -> s.JobSummary:

@@ -24,6 +24,7 @@ import importlib.util
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -113,6 +114,11 @@ def job_defaults(path: str | Path) -> dict[str, Any]:
     return dict(defaults)
 
 
+DATA_THREADS = 4
+"""Threads fetching one batch's samples (``__getitem__`` that reads or decodes files releases
+the GIL); the replica's prefetcher runs ``take`` for the next step while this one computes."""
+
+
 class MapData:
     """A map-style data set seen through ``take(indices)``: fetch each sample, collate."""
 
@@ -121,6 +127,15 @@ class MapData:
         self.dataset = dataset
         self.collate = collate or default_collate
         self._guard = guard
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _samples(self, idx: list[int]) -> list[Any]:
+        if len(idx) < 2 * DATA_THREADS:
+            return [self.dataset[i] for i in idx]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(DATA_THREADS, thread_name_prefix="potluck-sample")
+        return list(self._pool.map(self.dataset.__getitem__, idx,
+                                   chunksize=max(1, len(idx) // (4 * DATA_THREADS))))
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -130,8 +145,7 @@ class MapData:
 
     def take(self, indices: torch.Tensor | Sequence[int]) -> Any:
         idx = indices.tolist() if isinstance(indices, torch.Tensor) else list(indices)
-        return self._guard("dataset[i] / collate",
-                           lambda: self.collate([self.dataset[i] for i in idx]))
+        return self._guard("dataset[i] / collate", lambda: self.collate(self._samples(idx)))
 
 
 class JobFileRecipe(Recipe):

@@ -32,6 +32,7 @@ from potluck.contracts.events import (
     DoneEvent,
     ErrorEvent,
     MembershipEvent,
+    NoticeEvent,
     StepEvent,
     finite,
 )
@@ -49,6 +50,7 @@ from potluck.trainer.core import (
 from potluck.trainer.emulation import Emulator, calibrate
 from potluck.trainer.faults import Faults
 from potluck.trainer.ft import make_manager
+from potluck.trainer.loader import Prefetcher
 from potluck.trainer.sampler import step_indices
 from potluck.trainer.sinks import EventSink, JsonlSink
 from potluck.trainer.sync import LocalWork, SyncResult, make_sync
@@ -81,6 +83,7 @@ class Replica:
                                              min(job.global_batch, 256, self.tr.train_size))
         self.emulator = Emulator(spec.speed, sample_s, overhead_s)
         self.sink: EventSink = sink or JsonlSink(spec.run_dir, spec.name, spec.slot)
+        self.loader = Prefetcher(self.tr.batch)
         self.checkpointer = None if spec.checkpoint_dir is None else Checkpointer(
             spec.checkpoint_dir, job.checkpoint, self.sink.emit, self._ident)
         self.step = 0
@@ -91,6 +94,7 @@ class Replica:
         self.sync: Any = None
         self._alerts: set[str] = set()
         self._identity: tuple[str, str] | None = None
+        self._data_s = 0.0
         self.resumed_from: int | None = None
 
     def _own_profile(self) -> tuple[float, float]:
@@ -182,6 +186,7 @@ class Replica:
         # Before the first step every member compares what it built (see check_identity).
         self._identity = (params_digest(tr.model), data_fingerprint(tr)) \
             if manager.current_step() == 0 else None
+        self._notices()
         self._wait_start_barrier()
         committed = discarded = 0
         started: float | None = None
@@ -215,6 +220,7 @@ class Replica:
             raise
         finally:
             manager.shutdown(wait=False)
+            self.loader.close()
         ended = time.time()
         if self.checkpointer is not None and self.members and spec.slot == min(self.members):
             # the final state: `potluck train --resume` continues from it, `pull` fetches it
@@ -247,14 +253,22 @@ class Replica:
             if self.step >= at_step:
                 self.emulator.speed = new_speed
         share = self.balancer.allocation.get(spec.slot, 0)
+        allocation = dict(self.balancer.allocation)
+        key = tuple(sorted(allocation.items()))
         self._indices = step_indices(step=self.step, seed=job.seed, train_size=tr.train_size,
-                                     global_batch=job.global_batch,
-                                     allocation=self.balancer.allocation, slot=spec.slot)
+                                     global_batch=job.global_batch, allocation=allocation,
+                                     slot=spec.slot)
+        batch = self.loader.get((self.step, key), self._indices) if share else None
+        if share and self.step + 1 < tr.total_steps:  # the next step's share, while this computes
+            self.loader.schedule((self.step + 1, key), step_indices(
+                step=self.step + 1, seed=job.seed, train_size=tr.train_size,
+                global_batch=job.global_batch, allocation=allocation, slot=spec.slot))
         tr.optimizer.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
-        done = local_gradients(tr, tr.batch(self._indices), share, spec.memory_cap) if share \
+        done = local_gradients(tr, batch, share, spec.memory_cap) if share \
             else LocalLoss(0.0, 0.0, False)
         self.emulator.pad(share, t0)
+        self._data_s = self.loader.wait_s if share else 0.0
         return LocalWork(slot=spec.slot, samples=share, compute_s=time.perf_counter() - t0,
                          loss_sum=done.loss_sum, profile=self.profile, loss_count=done.count,
                          tokens=done.tokens,
@@ -266,7 +280,7 @@ class Replica:
             **self._ident(), committed=result.committed, participants=len(members),
             local_batch=work.samples, compute_s=round(work.compute_s, 6),
             quorum_s=round(quorum_s, 6), allreduce_s=round(result.sync_s, 6),
-            commit_s=round(result.commit_s, 6),
+            commit_s=round(result.commit_s, 6), data_s=round(self._data_s, 6),
             indices=self._indices.tolist() if self.spec.hooks.record_indices else None,
         )
         if result.committed:
@@ -285,6 +299,17 @@ class Replica:
             self._decided(change, members)
         else:
             self.sink.emit(event)
+
+    def _notices(self) -> None:
+        """Tell the user what makes this job inexact (it still trains)."""
+        norms = sorted({type(m).__name__ for m in self.tr.model.modules()
+                        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)})
+        if norms:
+            message = (f"the model has {', '.join(norms)} layers: their batch statistics come "
+                       "from each machine's share, so training is not exactly what one machine "
+                       "computes (use GroupNorm or LayerNorm for that)")
+            self.log.warning("%s", message)
+            self.sink.emit(NoticeEvent(**self._ident(), message=message))
 
     def _alert(self, message: str) -> None:
         """A refused stranger (called from torchft's quorum or the checkpoint server thread);
