@@ -132,7 +132,7 @@ def test_doctor_honours_potluck_host_and_token_and_shows_each_check_once(cluster
 
 def test_the_token_stays_out_of_command_lines_and_logs(cluster: Cluster) -> None:
     host = cluster.start_host("127.0.0.2", local_agent=True)
-    wait_until(lambda: "join" in host["proc"].log.read_text(), 30, "the join line")
+    wait_until(lambda: "Ctrl-C stops the host" in host["proc"].log.read_text(), 30, "the join line")
     printed = host["proc"].log.read_text()
     assert host["token"] not in printed  # the output is redirected here: a log, not a terminal
     assert f"potluck join {host['url'].removeprefix('http://')}\n" in printed and "mode 0600" in printed

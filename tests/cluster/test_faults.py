@@ -104,10 +104,12 @@ def test_host_restart_with_its_local_agent_mid_job_finishes_on_every_node(cluste
     friend's replica rides through, the host's own agent gets the job back, and the job ends
     on both nodes with identical parameters."""
     host, args = host_with_local_agent(cluster)
-    job_id = submit(cluster, 150)
+    # Long enough that b, training alone meanwhile, is not done before the host's new agent
+    # starts a replica (a replica that comes too late waits for a peer, then gives up).
+    job_id = submit(cluster, 400)
     assert cluster.stop(host["proc"], signal.SIGINT) == 0  # Ctrl-C
     cluster.start_host("127.0.0.2", *args, name="host-again", local_agent=True)
-    assert finished(cluster, job_id, ["b", "hostbox"])["summary"]["steps"] == 150
+    assert finished(cluster, job_id, ["b", "hostbox"])["summary"]["steps"] == 400
 
 
 def local_agents(state_dir: Path) -> list[int]:

@@ -50,7 +50,7 @@ def test_a_job_folder_is_shipped_trains_and_the_model_comes_back(cluster: Cluste
     bundles = [p for p in (cluster.tmp / "agent-b" / "bundles").iterdir() if not p.name.startswith(".")]
     assert len(bundles) == 1
     assert sorted(p.name for p in bundles[0].iterdir()) == [".potluckignore", "chargpt.py", "corpus.txt", "helpers.py"]
-    host_ckpts = sorted(p.name for p in (cluster.host_dir / "experiments" / f"job-{job_id}" / "checkpoints").iterdir())
+    host_ckpts = sorted(p.name for p in (cluster.host_dir / "experiments" / f"job-{job_id}" / "checkpoints").glob("*.safetensors"))
     assert host_ckpts == ["step-00000003.safetensors", "step-00000006.safetensors", "step-00000007.safetensors"]
 
     # the trained model, from "another machine" (token and host given explicitly)

@@ -12,8 +12,8 @@ from potluck.cli.main import app
 from potluck.contracts.jobspec import JOB_OPTIONS
 
 JOB = ["--checkpoint-every-s", "--checkpoint-every-steps", "--clip-grad-norm", "--dataset",
-       "--deadband", "--epochs", "--global-batch", "--lr", "--model", "--momentum", "--policy",
-       "--rebalance-interval", "--seed", "--steps", "--sync"]
+       "--deadband", "--epochs", "--exact", "--global-batch", "--lr", "--model", "--momentum",
+       "--phase-s", "--policy", "--rebalance-interval", "--seed", "--steps", "--sync", "--wire"]
 CLUSTER = ["--host", "--json", "--state-dir", "--token"]
 
 EXPECTED: dict[str, list[str]] = {

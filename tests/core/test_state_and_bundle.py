@@ -68,8 +68,8 @@ def test_checkpointer_snapshots_then_writes_in_the_background(tmp_path: Path) ->
     for s in (4, 6):
         ck.save(s, live)
     ck.join()
-    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-00000004.safetensors",
-                                                              "step-00000006.safetensors"]
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == [
+        "step-00000002.safetensors", "step-00000004.safetensors", "step-00000006.safetensors"]
     assert [e.step for e in events] == [2, 4, 6] and all(len(e.sha256) == 64 for e in events)
     assert snapshot({"a": (torch.ones(1),)})["a"][0] is not live["w"]
 

@@ -117,6 +117,10 @@ class Uploader:
                     self.client.put_checkpoint(self.node_id, item.job_id, item.step, data)
                 log.info("sent %s of job %d to the host (%.1f MB)", item.path.name, item.job_id,
                          len(data) / 1e6)
+                if item.kind == "checkpoint":  # the host has it: older local ones can go
+                    for old in item.path.parent.glob("step-*.safetensors"):
+                        if old.name < item.path.name:
+                            old.unlink(missing_ok=True)
                 return
             except (ClusterError, ConfigError) as exc:
                 log.warning("sending %s failed (try %d of %d): %s", item.path.name, attempt + 1,

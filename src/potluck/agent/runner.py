@@ -99,6 +99,7 @@ class ReplicaRunner:
             code_dir=str(code_dir) if code_dir else None,
             resume_from=str(resume_from) if resume_from else None,
             checkpoint_dir=str(self.checkpoint_dir),
+            min_step=assignment.min_step,
         )
         self._ready_dir = self.run_dir / "ready"
         self.waiting = not assignment.go

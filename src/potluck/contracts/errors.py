@@ -15,7 +15,8 @@ cross the HTTP API carry an ``http_status``: the coordinator answers with it and
     │   └── ExperimentDirError      experiments dir not writable
     ├── TrainingError               a replica or a job failed
     │   ├── JobCodeError            the user's job file raised (file:line, exception)    exit 3
-    │   └── ReplicaMismatchError    replicas built different models or data sets          exit 3
+    │   ├── ReplicaMismatchError    replicas built different models or data sets          exit 3
+    │   └── NoPeerError             a late replica found no peer to heal from             exit 3
     ├── ClusterError                control-plane problems                             500
     │   ├── HostUnreachableError    cannot reach the coordinator
     │   ├── AuthError               missing or wrong token                             401
@@ -80,6 +81,13 @@ class JobCodeError(TrainingError):
 class ReplicaMismatchError(TrainingError):
     """Replicas built different initial parameters or data sets (unseeded randomness in the
     job's code). Restarting does not help."""
+
+    exit_code = 3
+
+
+class NoPeerError(TrainingError):
+    """A replica behind the job's step found no peer to heal from (the others finished or
+    are gone): training the job again alone would give a different model."""
 
     exit_code = 3
 

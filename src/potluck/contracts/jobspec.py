@@ -126,8 +126,33 @@ class BalancerSection(Section):
 
 
 class SyncSection(Section):
+    """How replicas combine their work (docs/sync.md)."""
+
     strategy: str = Field(default="allreduce", min_length=1, max_length=100)
-    """How replicas combine their work each step: ``allreduce`` (exact weighted gradients)."""
+    """``allreduce`` (exact weighted gradients every step), ``allreduce-bf16`` (the same in
+    bf16, approximate), ``diloco`` (local inner phases, approximate) or ``auto`` (chosen from
+    the measured link at job start)."""
+    wire: Literal["fp32", "bf16", "int8"] = "fp32"
+    """diloco: the pseudo-gradients' wire format (int8: per-block scaled)."""
+    phase_s: float = Field(default=30.0, gt=0, le=3600)
+    """diloco: seconds of local training per inner phase (auto chooses it)."""
+    inner_batch: int | None = Field(default=None, ge=1, le=MAX_INT)
+    """diloco: samples per inner step on each replica (None: global_batch / replicas)."""
+    outer_lr: float = Field(default=0.7, gt=0, le=100)
+    """diloco: the outer optimizer's learning rate (SGD with Nesterov momentum)."""
+    outer_momentum: float = Field(default=0.9, ge=0, lt=1)
+    """diloco: the outer optimizer's momentum."""
+    exact: bool = False
+    """Forbid approximate modes: ``auto`` may only choose ``allreduce``."""
+    target_compute_fraction: float = Field(default=0.85, gt=0, lt=1)
+    """auto: choose the first mode predicted to compute at least this fraction of the time."""
+
+    @model_validator(mode="after")
+    def _exact_means_exact(self) -> SyncSection:
+        if self.exact and self.strategy in ("allreduce-bf16", "diloco"):
+            raise ValueError(f"sync.exact forbids the approximate strategy {self.strategy!r}: "
+                             "use allreduce or auto")
+        return self
 
 
 class FaultSection(Section):
@@ -224,7 +249,7 @@ def _field_doc(path: str) -> tuple[type, str]:
         assert isinstance(annotation, type) and issubclass(annotation, BaseModel)
         model = annotation
     info = model.model_fields[parts[-1]]
-    kind: type = {"int": int, "float": float}.get(
+    kind: type = {"int": int, "float": float, "bool": bool}.get(
         getattr(info.annotation, "__name__", ""), str)
     if info.annotation in (int | None,):
         kind = int
@@ -245,6 +270,9 @@ _FLAT = {
     "deadband": "balancer.deadband",
     "lr": "optimizer.lr",
     "sync": "sync.strategy",
+    "wire": "sync.wire",
+    "phase_s": "sync.phase_s",
+    "exact": "sync.exact",
     "clip_grad_norm": "optimizer.clip_grad_norm",
     "momentum": "optimizer.momentum",
     "checkpoint_every_s": "checkpoint.every_s",
@@ -393,6 +421,8 @@ class ReplicaSpec(Section):
     """Where the job's bundle is unpacked on this machine (``job.code.file`` is relative to it)."""
     resume_from: str | None = None
     """A checkpoint file (see ``trainer/state.py``) to start from instead of step 0."""
+    min_step: int = Field(default=0, ge=0)
+    """The job's step when this replica was assigned (see Assignment.min_step)."""
     checkpoint_dir: str | None = None
     """Write checkpoints and the final model here (the agent sends them to the host);
     None: no checkpoints."""

@@ -165,6 +165,9 @@ class Assignment(Strict):
     answer to the node's own heartbeat, never in the JobSpec or any listing."""
     resume: CheckpointRef | None = None
     """The job's newest checkpoint on the host: a replica starts from it, not from step 0."""
+    min_step: int = Field(default=0, ge=0)
+    """The step the job had reached when this was sent: a replica behind it that finds no
+    peer to heal from waits for one instead of training the job again alone."""
 
 
 class HeartbeatResponse(Strict):

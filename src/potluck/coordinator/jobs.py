@@ -215,7 +215,8 @@ class Jobs:
                             lighthouse=self.config.lighthouse, job=config,
                             go=job["id"] in self.released,
                             secret=job_secret(self._job_key, job["id"], job["created_at"]),
-                            resume=self.checkpoint_ref(job["id"]))
+                            resume=self.checkpoint_ref(job["id"]),
+                            min_step=self.telemetry.progress_of(job["id"], job).step)
 
     def _restarted(self, job_id: int) -> str:
         """What the job's end message must add when training started over (never silent)."""
@@ -267,8 +268,9 @@ class Jobs:
                 self.released.add(job_id)
                 why = "all replicas ready" if ready else "start barrier timed out"
                 self.store.event("job", f"training starts ({why})", job_id=job_id)
+        done = [r for r in replicas if r["done"] or r["state"] == "done"]
         fatal = [r for r in replicas if r["state"] == "failed" and r["exit_code"] == FATAL_EXIT_CODE]
-        if fatal and (job_id not in self.released or not active):
+        if fatal and not done and (job_id not in self.released or not active):
             # the job's code raised, a requirement is missing, replicas disagree: restarting or
             # starting without those nodes would not help
             reasons = "; ".join(f"{r['node']}: {r['message'] or 'exit ' + str(r['exit_code'])}"
@@ -276,7 +278,6 @@ class Jobs:
             self.finish(job_id, "failed", f"job stopped before it could train ({reasons})"
                         if job_id not in self.released else f"job stopped ({reasons})")
             return
-        done = [r for r in replicas if r["done"] or r["state"] == "done"]
         first_done = self.telemetry.first_done_at.get(job_id, now)
         restarted = self._restarted(job_id)
         if done and not active:

@@ -161,8 +161,8 @@ def check_spec(spec: JobSpec) -> JobSpec:
 
     Cheap (builds nothing); the coordinator calls it on submission, launchers before start.
     """
-    from potluck.trainer.sync import STRATEGIES
+    from potluck.trainer.sync import strategy_class
 
     recipe_for(spec).check()  # the recipe knows which data sets it can build
-    STRATEGIES.get(spec.sync.strategy)
+    strategy_class(spec.sync.strategy)
     return spec

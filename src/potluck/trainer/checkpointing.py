@@ -31,9 +31,6 @@ from potluck.trainer.state import model_bytes, state_bytes, write_atomic
 
 log = get_logger("trainer.checkpointing")
 
-LOCAL_KEEP = 2
-"""Checkpoint files kept in the replica's folder (the host keeps ``checkpoint.keep``)."""
-
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}.safetensors"
@@ -110,10 +107,7 @@ class Checkpointer:
             self.error = f"checkpoint at step {step} not written: {exc}"
             log.error("%s", self.error)
             return
-        self.written.append(step)
-        for old in self.written[:-LOCAL_KEEP]:
-            (self.folder / checkpoint_name(old)).unlink(missing_ok=True)
-        self.written = self.written[-LOCAL_KEEP:]
+        self.written.append(step)  # the agent deletes older files once the host has a newer one
         self._emit(CheckpointEvent(**{**self._ident(), "step": step}, file=name,
                                    sha256=hashlib.sha256(data).hexdigest(), bytes=len(data),
                                    final=final))

@@ -129,12 +129,14 @@ class LocalLoss:
     the global term count after the all-reduce."""
 
 
-def local_gradients(tr: Training, batch: Any, size: int, cap: int | None = None) -> LocalLoss:
+def local_gradients(tr: Training, batch: Any, size: int, cap: int | None = None, *,
+                    total: int | None = None) -> LocalLoss:
     """Accumulate this share's gradient into ``.grad`` (micro-batches of at most ``cap``).
 
     A mean loss is weighted by ``n / B`` (so the all-reduced sum is the global mean); a
     :class:`TokenLoss` is back-propagated as its raw sum, and the caller divides by the global
-    term count after the all-reduce (:func:`scale_gradients`)."""
+    term count after the all-reduce (:func:`scale_gradients`). ``total`` replaces ``B`` in the
+    weighting (local inner steps weight by their own batch)."""
     total = count = 0.0
     tokens = False
     start = 0
@@ -149,7 +151,7 @@ def local_gradients(tr: Training, batch: Any, size: int, cap: int | None = None)
             if not isinstance(out, torch.Tensor) or out.numel() != 1:
                 raise TypeError(f"loss() must return a scalar tensor or potluck.TokenLoss, got "
                                 f"{type(out).__name__}")
-            (out * (n / tr.spec.global_batch)).backward()
+            (out * (n / (total or tr.spec.global_batch))).backward()
             total += float(out.detach()) * n
             count += n
         start += n

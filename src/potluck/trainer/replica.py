@@ -22,10 +22,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from potluck.balancer import Balancer, Decision, Speed
-from potluck.contracts.errors import FATAL_EXIT_CODE, PotluckError
+from potluck.contracts.errors import FATAL_EXIT_CODE, NoPeerError, PotluckError
 from potluck.contracts.events import (
     AlertEvent,
     AllocationEvent,
@@ -46,6 +47,7 @@ from potluck.trainer.core import (
     gradient_step,
     local_gradients,
     params_digest,
+    scale_gradients,
 )
 from potluck.trainer.emulation import Emulator, calibrate
 from potluck.trainer.faults import Faults
@@ -53,7 +55,10 @@ from potluck.trainer.ft import make_manager
 from potluck.trainer.loader import Prefetcher
 from potluck.trainer.sampler import step_indices
 from potluck.trainer.sinks import EventSink, JsonlSink
-from potluck.trainer.sync import LocalWork, SyncResult, make_sync
+from potluck.trainer.sync import AUTO, LocalWork, SyncResult, make_sync
+
+ALONE_WAIT_S = 60.0
+"""How long a replica behind the job's step waits for a peer to heal from (see min_step)."""
 
 
 class Replica:
@@ -186,34 +191,17 @@ class Replica:
         # Before the first step every member compares what it built (see check_identity).
         self._identity = (params_digest(tr.model), data_fingerprint(tr)) \
             if manager.current_step() == 0 else None
+        self.sync.pg = pg
         self._notices()
         self._wait_start_barrier()
-        committed = discarded = 0
-        started: float | None = None
-        last_loss: float | None = None
+        self.committed = self.discarded = 0
+        self.started: float | None = None
+        self.last_loss: float | None = None
         try:
-            while manager.current_step() < tr.total_steps:
-                t_quorum = time.perf_counter()
-                manager.start_quorum()
-                quorum_s = time.perf_counter() - t_quorum
-                self.step = manager.current_step()
-                if self.step >= tr.total_steps:
-                    break
-                started = started or time.time()
-                members = sorted(pg.members) or [spec.slot]
-                self._membership(members)
-                self._decided(self.balancer.allocation_for(members, self.step), members)
-                work = self._compute()
-                result = self.sync.sync(work, members)
-                if result.committed:
-                    committed += 1
-                    last_loss = result.loss
-                self._stepped(work, result, members, quorum_s)
-                if result.committed:
-                    self._maybe_checkpoint(manager, members)
-                if not result.committed:
-                    discarded += 1
-                    self.log.warning("step %d discarded (%s)", self.step, result.error)
+            if not self.sync.local_phase:
+                self._run_steps(manager, pg)
+            if self.sync.local_phase:  # chosen by the job, or by `auto` at step 0
+                self._run_phases(manager, pg)
         except BaseException:
             # Dying mid-step: drop out of the group now so peers fail fast, not at a timeout.
             pg.abort(errored=False)
@@ -228,7 +216,130 @@ class Replica:
             done = manager.current_step()
             self.checkpointer.save_model(tr.model.state_dict(), step=str(done))
             self.checkpointer.save(done, self._checkpoint_state(manager), final=True)
-        return self._finish(committed, discarded, started or ended, ended, last_loss)
+        return self._finish(self.committed, self.discarded, self.started or ended, ended,
+                            self.last_loss)
+
+    def _run_steps(self, manager: Any, pg: Any) -> None:
+        """One torchft step per global batch, until the job's steps are committed (or `auto`
+        chose a local-phase strategy at step 0)."""
+        tr = self.tr
+        alone_since: float | None = None
+        while manager.current_step() < tr.total_steps:
+            t_quorum = time.perf_counter()
+            manager.start_quorum()
+            quorum_s = time.perf_counter() - t_quorum
+            self.step = manager.current_step()
+            if self.step >= tr.total_steps:
+                break
+            members = sorted(pg.members) or [self.spec.slot]
+            if members == [self.spec.slot] and self.step < self.spec.min_step:
+                # The job is further on, but no peer is here to heal from: wait for one
+                # rather than train the job again alone (the others may be finishing).
+                alone_since = alone_since or time.monotonic()
+                if time.monotonic() - alone_since > ALONE_WAIT_S:
+                    raise NoPeerError(
+                        f"no peer to heal from: the job reached step {self.spec.min_step} but "
+                        f"this replica is at step {self.step} and alone for {ALONE_WAIT_S:.0f} s "
+                        "(the others finished or are gone)")
+                time.sleep(0.5)
+                continue
+            alone_since = None
+            self.started = self.started or time.time()
+            self._membership(members)
+            if self.step == 0 and self.spec.job.sync.strategy == AUTO and self._choose_plan(manager, members):
+                return  # a local-phase plan: the probe's step commits empty, phases follow
+            self._decided(self.balancer.allocation_for(members, self.step), members)
+            work = self._compute()
+            result = self.sync.sync(work, members)
+            if result.committed:
+                self.committed += 1
+                self.last_loss = result.loss
+            self._stepped(work, result, members, quorum_s)
+            if result.committed:
+                self._maybe_checkpoint(manager, members)
+            else:
+                self.discarded += 1
+                self.log.warning("step %d discarded (%s)", self.step, result.error)
+
+    def _choose_plan(self, manager: Any, members: list[int]) -> bool:
+        """`auto`: measure the link and this job's step time with every member, choose the
+        mode (trainer/plan.py), log it. True when the plan is a local-phase strategy."""
+        from potluck.trainer.plan import choose, probe_link
+
+        job = self.spec.job
+        if len(members) < 2:
+            self.log.info("auto: one replica, nothing to sync: allreduce")
+            return False
+        share = max(1, job.global_batch // len(members))
+        step_s = self.emulator.target_s(share) if self.emulator.active else \
+            calibrate(gradient_step(self.tr), min(share, self.tr.train_size))[0] * share
+        link, step_s = probe_link(manager, self.spec.slot, job.fault.max_replicas, step_s)
+        numel = sum(p.numel() for p in self.tr.model.parameters())
+        plan = choose(n=len(members), values=numel, step_s=step_s, link=link,
+                      target=job.sync.target_compute_fraction, exact=job.sync.exact)
+        message = f"sync plan: {plan.mode}" + (f" ({plan.wire}, {plan.phase_s:.0f} s phases)"
+                                               if plan.mode == "diloco" else "") + f": {plan.reason}"
+        if not plan.exact:
+            message += "; approximate: not exactly what one machine computes (--exact forbids it)"
+        self.log.info("%s", message)
+        self.sink.emit(NoticeEvent(**self._ident(), message=message[:1000]))
+        self.plan = plan
+        if plan.mode == "allreduce":
+            return False
+        chosen = job.updated({"sync.strategy": plan.mode, "sync.wire": plan.wire,
+                              "sync.phase_s": plan.phase_s or job.sync.phase_s})
+        self.sync = make_sync(chosen, self.tr.model, self.tr.optimizer, manager, self.spec.device,
+                              self.tr.update)
+        self.sync.pg = self.pg
+        if not self.sync.local_phase:
+            return False
+        if manager.should_commit():  # close the probe's step (no update)
+            self.committed += 1
+        return True
+
+    def _run_phases(self, manager: Any, pg: Any) -> None:
+        """One torchft step per inner phase (diloco), until ``steps x global_batch`` samples
+        are committed."""
+        job = self.spec.job
+        budget = self.tr.total_steps * job.global_batch
+        while self.sync.samples_done < budget:
+            first = manager.current_step() == 0
+            work = self.sync.phase(self._inner, self.spec.slot, self._identity if first else None)
+            t_quorum = time.perf_counter()
+            manager.start_quorum()  # after the phase: whoever died meanwhile is not in it
+            quorum_s = time.perf_counter() - t_quorum
+            self.step = manager.current_step()
+            self.started = self.started or time.time()
+            members = sorted(pg.members) or [self.spec.slot]
+            self._membership(members)
+            result = self.sync.sync(work, members)
+            if result.committed:
+                self.committed += 1
+                self.last_loss = result.loss
+            self._stepped(work, result, members, quorum_s)
+            if result.committed:
+                self._maybe_checkpoint(manager, members)
+            else:
+                self.discarded += 1
+                self.log.warning("phase %d discarded (%s)", self.step, result.error)
+
+    def _inner(self, k: int) -> tuple[int, float, float]:
+        """The k-th inner step of this phase: gradients of a batch of this replica's own
+        samples (seeded by job, phase, slot and k) in ``.grad``."""
+        job, tr = self.spec.job, self.tr
+        if self.faults is not None:
+            self.faults.check(self.spec.slot, self.step)
+        size = job.sync.inner_batch or max(1, job.global_batch // max(1, len(self.members)))
+        size = min(size, tr.train_size)
+        rng = np.random.default_rng([job.seed, self.step, self.spec.slot, k])
+        idx = rng.integers(0, tr.train_size, size)
+        tr.optimizer.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        done = local_gradients(tr, tr.batch(idx), size, self.spec.memory_cap, total=size)
+        if done.tokens:
+            scale_gradients(tr.model, 1.0 / max(done.count, 1.0))
+        self.emulator.pad(size, t0)
+        return size, done.loss_sum, done.count
 
     def _maybe_checkpoint(self, manager: Any, members: list[int]) -> None:
         """The lowest member writes a checkpoint when one is due (in the background)."""
@@ -293,6 +404,12 @@ class Replica:
             event.loss = finite(round(result.loss, 6)) if result.loss is not None else None
             event.allocation = {str(k): v for k, v in self.balancer.allocation.items()}
             event.samples_per_s = round(self.spec.job.global_batch / max(wall, 1e-9), 3)
+            if self.sync.local_phase:  # no allocation: each replica's samples in this phase
+                event.allocation = {str(s): p.samples for s, p in result.peers.items()}
+                event.samples_per_s = round(sum(p.samples for p in result.peers.values())
+                                            / max(wall, 1e-9), 3)
+                self.sink.emit(event)
+                return
             profiles = {s: Speed(*p.profile) for s, p in result.peers.items() if p.profile[1] > 0}
             change = self.balancer.observe(self.step, measured, profiles)
             self.sink.emit(event)
@@ -352,7 +469,8 @@ class Replica:
             test_accuracy=scores.get("test_accuracy"),
             emulation_overruns=self.emulator.overruns,
             wall_s=round(ended - started, 3), started_at=started, ended_at=ended,
-            samples_per_s=round(committed * spec.job.global_batch / max(ended - started, 1e-9), 2),
+            samples_per_s=round((self.sync.samples_done if self.sync.local_phase
+                                 else committed * spec.job.global_batch) / max(ended - started, 1e-9), 2),
             allocation={str(k): v for k, v in self.balancer.allocation.items()},
             rebalances=self.balancer.rebalances, host=socket.gethostname(),
             params_sha256=params_digest(tr.model),

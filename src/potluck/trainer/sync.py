@@ -71,6 +71,13 @@ class SyncStrategy(ABC):
     """One replica's side of the step synchronisation, driven by a torchft ``Manager``."""
 
     name = "sync"
+    exact = True
+    """The result is what one machine computes (up to float summation order)."""
+    local_phase = False
+    """True: the replica calls ``phase()`` (local training) before each quorum, and one
+    torchft step is one phase (see trainer/diloco.py); False: one step is one global batch."""
+    pg: Any = None
+    """The replica group's process group (set by the replica; collectives beyond all-reduce)."""
 
     def __init__(self, spec: JobSpec, model: nn.Module, optimizer: torch.optim.Optimizer,
                  manager: Any, device: str = "cpu", update: Callable[[], None] | None = None) -> None:
@@ -108,13 +115,28 @@ def register_sync(name: str) -> Callable[[type[SyncStrategy]], type[SyncStrategy
 
 
 def sync_strategies() -> tuple[str, ...]:
-    return STRATEGIES.names()
+    strategy_class("allreduce")
+    return (*STRATEGIES.names(), AUTO)
 
 
 def make_sync(spec: JobSpec, model: nn.Module, optimizer: torch.optim.Optimizer, manager: Any,
               device: str = "cpu", update: Callable[[], None] | None = None) -> SyncStrategy:
-    """The job's strategy for this replica. Raises ConfigError for an unknown name."""
-    return STRATEGIES.get(spec.sync.strategy)(spec, model, optimizer, manager, device, update)
+    """The job's strategy for this replica (``auto`` starts as ``allreduce`` until the replica
+    has measured the link). Raises ConfigError for an unknown name."""
+    name = "allreduce" if spec.sync.strategy == AUTO else spec.sync.strategy
+    return strategy_class(name)(spec, model, optimizer, manager, device, update)
+
+
+AUTO = "auto"
+"""Not a strategy: the replica chooses one from the measured link (trainer/plan.py)."""
+
+
+def strategy_class(name: str) -> type[SyncStrategy]:
+    from potluck.trainer import diloco  # noqa: F401  (registers diloco)
+
+    if name == AUTO:
+        return STRATEGIES.get("allreduce")
+    return STRATEGIES.get(name)
 
 
 # Per-slot statistics appended to the gradient buffer. Only the owner writes its slot, so the
@@ -184,6 +206,10 @@ class WeightedAllReduce(SyncStrategy):
             p.grad = flat[offset : offset + n].view_as(p).to(self.device).clone()
             offset += n
 
+    def _combine(self, buf: torch.Tensor) -> None:
+        """SUM ``buf`` (gradients, then statistics) over the members, in place."""
+        self.manager.allreduce(buf, reduce_op=ReduceOp.SUM).wait()
+
     def sync(self, work: LocalWork, members: list[int]) -> SyncResult:
         buf = self._flat()
         mine = self.numel + work.slot * STAT_WIDTH
@@ -193,7 +219,7 @@ class WeightedAllReduce(SyncStrategy):
             [1.0, work.samples, work.compute_s, work.loss_sum, work.profile[0], work.profile[1],
              work.loss_count, float(work.tokens), *ident], dtype=torch.float64).float()
         t0 = time.perf_counter()
-        self.manager.allreduce(buf, reduce_op=ReduceOp.SUM).wait()
+        self._combine(buf)
         t1 = time.perf_counter()
         committed = self.manager.should_commit()
         result = SyncResult(committed=committed, sync_s=t1 - t0, commit_s=time.perf_counter() - t1)
@@ -217,3 +243,19 @@ class WeightedAllReduce(SyncStrategy):
             for s in members if stats[s, PRESENT] > 0.5
         }
         return result
+
+
+@register_sync("allreduce-bf16")
+class HalfAllReduce(WeightedAllReduce):
+    """The exact strategy's weighting with the gradients sent as bf16: half the bytes, each
+    value rounded to 8 significant bits (approximate). The statistics stay fp32."""
+
+    name = "allreduce-bf16"
+    exact = False
+
+    def _combine(self, buf: torch.Tensor) -> None:
+        grads, stats = buf[: self.numel], buf[self.numel :]
+        self.manager.allreduce(stats, reduce_op=ReduceOp.SUM).wait()
+        half = grads.to(torch.bfloat16)
+        self.manager.allreduce(half, reduce_op=ReduceOp.SUM).wait()
+        grads.copy_(half.float())

@@ -1,0 +1,139 @@
+"""Choosing how to sync from the measured link: a cost model and the ``auto`` mode.
+
+The time one sync takes (a ring all-reduce; docs/sync.md derives it)::
+
+    T_sync = 2 (N - 1) / N * bytes / (efficiency * bandwidth) + rounds * RTT + codec time
+
+with ``bytes`` the values on the wire times their width (:data:`~potluck.trainer.codec.WIRE_BYTES`),
+``bandwidth`` the slowest member's link in bytes/s and ``efficiency`` what gloo reaches of the
+wire speed (0.85; 0.80-0.92 measured over a 20 Mbit/s link). An int8 all-gather moves
+``(N - 1) / N * N`` contributions instead of a ring's ``2 (N - 1) / N``.
+
+``auto`` takes the first mode whose predicted compute fraction reaches the target:
+
+1. ``allreduce`` (exact): ``step / (step + T_sync(fp32))``;
+2. ``allreduce-bf16`` (approximate): half the bytes;
+3. ``diloco`` with the int8 wire (approximate): the inner phase ``H`` is the shortest that
+   reaches the target, ``H = T_sync * target / (1 - target)``, at least ``MIN_PHASE_S``.
+
+With ``exact`` only the first is allowed; it is chosen even when it misses the target, and
+the plan says by how much.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from potluck.trainer.codec import WIRE_BYTES
+
+EFFICIENCY = 0.85
+ROUNDS = 4
+"""Latency-bound rounds per sync (the quorum, the all-reduce's handshakes, the commit vote)."""
+MIN_STEP_S = 0.05
+"""Steps shorter than this count as this long: every mode pays the quorum and the commit vote
+(6-13 ms per step on loopback, docs/benchmarks.md) and the probe's small all-reduce includes
+gloo's own overhead, so a tiny model on a fast link is not a reason to leave the exact mode."""
+MIN_PHASE_S = 2.0
+MAX_PHASE_S = 600.0
+CODEC_S_PER_VALUE = {"fp32": 0.0, "bf16": 1e-9, "int8": 6e-9}
+"""CPU seconds per value to encode and decode (measured on this machine: docs/benchmarks.md)."""
+
+
+@dataclass(frozen=True)
+class Link:
+    """The slowest member's link: what limits a collective."""
+
+    bandwidth_bps: float
+    """Bits per second."""
+    rtt_s: float
+
+
+def sync_seconds(n: int, values: int, wire: str, link: Link, *, efficiency: float = EFFICIENCY) -> float:
+    """Predicted seconds of one sync of ``values`` numbers among ``n`` members."""
+    if n <= 1:
+        return CODEC_S_PER_VALUE[wire] * values
+    bytes_ = values * WIRE_BYTES[wire]
+    factor = (n - 1) if wire == "int8" else 2 * (n - 1) / n
+    transfer = factor * bytes_ * 8 / (efficiency * link.bandwidth_bps)
+    return transfer + ROUNDS * link.rtt_s + CODEC_S_PER_VALUE[wire] * values * n
+
+
+@dataclass(frozen=True)
+class Plan:
+    mode: str
+    """``allreduce``, ``allreduce-bf16`` or ``diloco``."""
+    wire: str
+    phase_s: float
+    """Inner phase length (diloco), else 0."""
+    predicted_fraction: float
+    """Predicted fraction of wall time spent computing."""
+    allreduce_fraction: float
+    """What plain ``allreduce`` would compute, for the reason line."""
+    sync_s: float
+    reason: str
+
+    @property
+    def exact(self) -> bool:
+        return self.mode == "allreduce"
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def choose(*, n: int, values: int, step_s: float, link: Link, target: float = 0.85,
+           exact: bool = False, phase_s: float | None = None) -> Plan:
+    """The plan for ``n`` members syncing ``values`` numbers after steps of ``step_s``."""
+    where = f"slowest link {link.bandwidth_bps / 1e6:.0f} Mbit/s, RTT {link.rtt_s * 1e3:.0f} ms"
+    step_s = max(step_s, MIN_STEP_S)
+    t32 = sync_seconds(n, values, "fp32", link)
+    f32 = step_s / (step_s + t32)
+    if f32 >= target or exact:
+        why = (f"{where}; allreduce computes {f32:.0%} of the time"
+               + ("" if f32 >= target else f" (below the {target:.0%} target, but --exact)"))
+        return Plan("allreduce", "fp32", 0.0, f32, f32, t32, why)
+    t16 = sync_seconds(n, values, "bf16", link)
+    f16 = step_s / (step_s + t16)
+    if f16 >= target:
+        return Plan("allreduce-bf16", "bf16", 0.0, f16, f32, t16,
+                    f"{where}; allreduce would compute {f32:.0%} of the time; bf16 gradients: {f16:.0%}")
+    t8 = sync_seconds(n, values, "int8", link)
+    h = phase_s or min(MAX_PHASE_S, max(MIN_PHASE_S, t8 * target / (1 - target)))
+    f8 = h / (h + t8)
+    return Plan("diloco", "int8", round(h, 2), f8, f32, t8,
+                f"{where}; allreduce would compute {f32:.0%} of the time; diloco-int8 with "
+                f"{h:.0f} s phases: predicted {f8:.0%}")
+
+
+PROBE_VALUES = (256, 1 << 18)
+"""Float32 values of the two probe all-reduces (1 KiB and 1 MiB): the difference of their
+times is the bandwidth, the small one's time the latency."""
+
+
+def probe_link(manager: object, slot: int, slots: int, step_s: float, repeats: int = 2) -> tuple[Link, float]:
+    """Measure the group's slowest link with two all-reduces inside the current quorum, and
+    agree on it: every member adds its own ``(small_s, big_s, step_s)`` to a per-slot table
+    and all take the maxima, so every member computes the same plan. Returns the link and
+    the slowest member's step time."""
+    import time
+
+    import torch
+    from torch.distributed import ReduceOp
+
+    times = []
+    for n in PROBE_VALUES:
+        best = float("inf")
+        for _ in range(repeats):
+            buf = torch.zeros(n)
+            t0 = time.perf_counter()
+            manager.allreduce(buf, reduce_op=ReduceOp.SUM).wait()  # type: ignore[attr-defined]
+            best = min(best, time.perf_counter() - t0)
+        times.append(best)
+    table = torch.zeros(slots, 4)
+    table[slot] = torch.tensor([1.0, times[0], times[1], step_s])
+    manager.allreduce(table, reduce_op=ReduceOp.SUM).wait()  # type: ignore[attr-defined]
+    members = table[table[:, 0] > 0.5]
+    n = max(2, len(members))
+    small, big, slowest = (float(members[:, i].max()) for i in (1, 2, 3))
+    moved = 2 * (n - 1) / n * (PROBE_VALUES[1] - PROBE_VALUES[0]) * 4 * 8  # bits per member
+    bandwidth = moved / max(big - small, 1e-6) / EFFICIENCY
+    return Link(bandwidth_bps=bandwidth, rtt_s=max(small, 1e-5) / ROUNDS), slowest
