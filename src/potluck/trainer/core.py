@@ -137,7 +137,8 @@ def local_gradients(tr: Training, batch: Any, size: int, cap: int | None = None,
     :class:`TokenLoss` is back-propagated as its raw sum, and the caller divides by the global
     term count after the all-reduce (:func:`scale_gradients`). ``total`` replaces ``B`` in the
     weighting (local inner steps weight by their own batch)."""
-    total = count = 0.0
+    loss_sum = count = 0.0
+    weight_of = total or tr.spec.global_batch
     tokens = False
     start = 0
     for n in micro_batches(size, cap):
@@ -145,17 +146,17 @@ def local_gradients(tr: Training, batch: Any, size: int, cap: int | None = None,
         if isinstance(out, TokenLoss):
             tokens = True
             out.sum.backward()
-            total += float(out.sum.detach())
+            loss_sum += float(out.sum.detach())
             count += float(out.count)
         else:
             if not isinstance(out, torch.Tensor) or out.numel() != 1:
                 raise TypeError(f"loss() must return a scalar tensor or potluck.TokenLoss, got "
                                 f"{type(out).__name__}")
-            (out * (n / (total or tr.spec.global_batch))).backward()
-            total += float(out.detach()) * n
+            (out * (n / weight_of)).backward()
+            loss_sum += float(out.detach()) * n
             count += n
         start += n
-    return LocalLoss(total, count, tokens)
+    return LocalLoss(loss_sum, count, tokens)
 
 
 def gradient_step(tr: Training) -> Callable[[int], object]:
