@@ -1,6 +1,7 @@
 """The HTTP API: FastAPI routes mapping requests to :class:`Coordinator` methods.
 
-Every ``/api/v1`` route needs the bearer token (see ``auth.TokenMiddleware``). Errors are
+Every ``/api/v1`` route needs the bearer token (see ``auth.TokenMiddleware``); ``GET /metrics``
+(Prometheus text format, ``prometheus.py``) takes it or the metrics token. Errors are
 JSON ``{"detail": "<one line>"}``; a malformed request is a 422 whose detail names the field.
 The handlers are ``async`` and call the coordinator directly: its methods are short SQLite
 transactions, cheaper than a hop through a thread pool.
@@ -16,11 +17,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from potluck.contracts import wire as s
 from potluck.contracts.errors import PotluckError
-from potluck.coordinator.auth import TokenMiddleware
+from potluck.coordinator.auth import METRICS_PATH, TokenMiddleware
+from potluck.coordinator.prometheus import CONTENT_TYPE
 from potluck.coordinator.service import Coordinator
 from potluck.log import get_logger
 
@@ -44,10 +46,11 @@ NodeCredential = Annotated[str | None, Header(alias=s.NODE_CREDENTIAL_HEADER, ma
 """A node or job id in a path: bounded, so no integer SQLite cannot hold reaches it."""
 
 
-def create_app(coordinator: Coordinator, token: str, *, tick_s: float = 1.0,
-               routers: Sequence[Router] = ()) -> Any:
+def create_app(coordinator: Coordinator, token: str, *, metrics_token: str | None = None,
+               tick_s: float = 1.0, routers: Sequence[Router] = ()) -> Any:
     """The ASGI app (FastAPI wrapped in the token middleware), with the housekeeping task.
 
+    ``metrics_token`` (if given) is accepted by ``GET /metrics`` and refused everywhere else.
     ``routers`` are mounted behind the same token check; they raise PotluckErrors like the
     core routes do."""
 
@@ -82,6 +85,10 @@ def create_app(coordinator: Coordinator, token: str, *, tick_s: float = 1.0,
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @api.get(METRICS_PATH, include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(coordinator.prometheus(), media_type=CONTENT_TYPE)
 
     @api.get("/api/v1/info")
     async def info() -> s.ClusterInfo:
@@ -130,4 +137,4 @@ def create_app(coordinator: Coordinator, token: str, *, tick_s: float = 1.0,
 
     for router in routers:
         api.include_router(router(coordinator))
-    return TokenMiddleware(api, token)
+    return TokenMiddleware(api, token, metrics_token=metrics_token)
