@@ -30,7 +30,8 @@ def free_port(address: str = "127.0.0.1") -> int:
 
 
 @contextlib.contextmanager
-def serve_coordinator(state_dir: Path, token: str, routers: Sequence[Any] = ()) -> Iterator[tuple[str, Any]]:
+def serve_coordinator(state_dir: Path, token: str, routers: Sequence[Any] = (), *,
+                      metrics_token: str | None = None) -> Iterator[tuple[str, Any]]:
     """A real coordinator app (SQLite file in ``state_dir``) on a real uvicorn server on
     127.0.0.1 (port chosen by the OS), in a thread. Yields ``(url, store)``."""
     import uvicorn
@@ -45,7 +46,7 @@ def serve_coordinator(state_dir: Path, token: str, routers: Sequence[Any] = ()) 
                                                  lighthouse_port=1, versions=local_versions()))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(coord, token, routers=routers), log_level="critical"))
+    server = uvicorn.Server(uvicorn.Config(create_app(coord, token, metrics_token=metrics_token, routers=routers), log_level="critical"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

@@ -22,6 +22,7 @@ EXPECTED: dict[str, list[str]] = {
                           "--name", "--nodes", "--save-model", "--speeds"]),
     "doctor": ["--advertise", "--cluster", "--experiments-dir", "--json", "--name", "--state-dir",
                "--token", "HOST"],
+    "grafana-dashboard": ["PATH"],
     "host": ["--advertise", "--allow-public", "--emulate-speed", "--json", "--lighthouse-port",
              "--name", "--no-local-agent", "--port", "--show-ports", "--state-dir", "--token"],
     "jobs": CLUSTER,

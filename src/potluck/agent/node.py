@@ -1,8 +1,9 @@
 """The agent of one node: join, heartbeat, run what the coordinator assigns, stream metrics.
 
 Loop (every heartbeat interval): forward new metrics records of the running replica, send a
-heartbeat carrying the replica's state, and reconcile with the answer: start the assigned job,
-or stop a replica whose job is no longer assigned. The agent keeps running between jobs.
+heartbeat carrying the replica's state and the node's resources (``telemetry.py``), and
+reconcile with the answer: start the assigned job, or stop a replica whose job is no longer
+assigned. The agent keeps running between jobs.
 
 A lost connection does not stop training: the replica keeps going under torchft, records are
 buffered, and the agent retries with exponential backoff (reported once per outage). A 404 on
@@ -23,6 +24,7 @@ from typing import Any, Protocol
 from potluck.agent.hardware import detect_hardware
 from potluck.agent.jobcode import Upload, Uploader, fetch_bundle, requirement_problems
 from potluck.agent.runner import NodeSettings, ReplicaRunner
+from potluck.agent.telemetry import TelemetrySampler
 from potluck.contracts import wire as s
 from potluck.contracts.client import CoordinatorClient
 from potluck.contracts.errors import (
@@ -125,6 +127,8 @@ class Agent:
         """A crashed replica's job and when (monotonic) to start it again."""
         self.interval_s = 1.0
         self.uploader: Uploader | None = None
+        self.sampler = TelemetrySampler()
+        """CPU, RAM and GPU figures sent with every heartbeat."""
 
     # joining --------------------------------------------------------------------------------
 
@@ -219,7 +223,8 @@ class Agent:
         assert self.node_id is not None
         reports = self._collect()
         self._flush_metrics()
-        reply = self.client.heartbeat(self.node_id, s.HeartbeatRequest(replicas=reports))
+        reply = self.client.heartbeat(
+            self.node_id, s.HeartbeatRequest(replicas=reports, telemetry=self.sampler.sample()))
         # A finished replica's final state has been delivered: forget it.
         for rep in reports:
             if rep.state in ("done", "failed"):
@@ -367,3 +372,4 @@ class Agent:
             except ClusterError as exc:
                 log.warning("could not tell the host we are leaving: %s", exc)
         self.client.close()
+        self.sampler.close()

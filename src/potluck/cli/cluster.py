@@ -123,7 +123,7 @@ def host(
 ) -> None:
     """Start the coordinator (API, Lighthouse, local agent) and print the join command."""
     from potluck.contracts.versions import local_versions
-    from potluck.coordinator.auth import load_or_create_token
+    from potluck.coordinator.auth import load_or_create_metrics_token, load_or_create_token
     from potluck.coordinator.host import Host, HostConfig
     from potluck.doctor.rounds import doctor_router
     from potluck.net import address as net
@@ -154,7 +154,8 @@ def host(
         agent_args.append("--allow-public")
     config = HostConfig(
         state_dir=sd, advertise=choice.address, interface=choice.interface, port=port,
-        lighthouse_port=lighthouse_port, token=the_token, versions=local_versions(),
+        lighthouse_port=lighthouse_port, token=the_token,
+        metrics_token=load_or_create_metrics_token(sd), versions=local_versions(),
         local_agent=not no_local_agent, agent_args=agent_args,
     )
     the_host = Host(config, routers=[doctor_router])
@@ -181,6 +182,8 @@ def host(
             console.print(f"  token: {the_token}", soft_wrap=True, markup=False)
         else:  # a redirected log must not hold the secret
             console.print(f"  token: in {token_file} (mode 0600)", soft_wrap=True, markup=False)
+        console.print(f"Prometheus: scrape {config.url}/metrics with the bearer token in "
+                      f"{sd / 'metrics-token'} (it can only read metrics)", soft_wrap=True, markup=False)
         console.print("Ctrl-C stops the host.")
 
     the_host.serve(on_ready=ready)

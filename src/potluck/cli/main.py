@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "potluck.cli.training",
     "potluck.cli.cluster",
     "potluck.cli.doctor",
+    "potluck.cli.monitoring",
 ]
 
 app = typer.Typer(

@@ -137,8 +137,40 @@ class ReplicaReport(Strict):
     """The replica is up (connected to the Lighthouse) and waits at the start barrier."""
 
 
+MAX_TELEMETRY_BYTES = 2**50
+"""Largest memory figure a node may report (1 PiB): bounds a driver's nonsense."""
+
+
+class GpuTelemetry(Strict):
+    """One GPU's state when the node last sampled it; a field the driver did not give is
+    None (a GPU without a power sensor, a query that failed)."""
+
+    index: int = Field(ge=0, le=63)
+    """The GPU's index as the driver numbers it (``nvidia-smi -i``)."""
+    utilization_percent: float | None = Field(default=None, ge=0, le=100)
+    memory_used_bytes: int | None = Field(default=None, ge=0, le=MAX_TELEMETRY_BYTES)
+    memory_total_bytes: int | None = Field(default=None, ge=0, le=MAX_TELEMETRY_BYTES)
+    temperature_c: float | None = Field(default=None, ge=-100, le=250)
+    power_w: float | None = Field(default=None, ge=0, le=100_000)
+
+
+class NodeTelemetry(Strict):
+    """What a node's resources are doing, sampled by its agent at each heartbeat
+    (``potluck.agent.telemetry``). None: not measurable on that machine."""
+
+    cpu_percent: float | None = Field(default=None, ge=0, le=100)
+    """Whole-machine CPU use since the previous sample, all cores together."""
+    memory_used_bytes: int | None = Field(default=None, ge=0, le=MAX_TELEMETRY_BYTES)
+    """RAM in use (total minus available)."""
+    memory_total_bytes: int | None = Field(default=None, ge=0, le=MAX_TELEMETRY_BYTES)
+    gpus: list[GpuTelemetry] = Field(default_factory=list, max_length=64)
+    """NVIDIA GPUs (empty without a driver)."""
+
+
 class HeartbeatRequest(Strict):
     replicas: list[ReplicaReport] = Field(default_factory=list, max_length=16)
+    telemetry: NodeTelemetry | None = None
+    """The node's resources now (None from an agent that did not sample them)."""
 
 
 class CheckpointRef(Strict):
@@ -210,6 +242,9 @@ class NodeInfo(Strict):
     state: NodeState
     last_heartbeat: float
     joined_at: float
+    telemetry: NodeTelemetry | None = None
+    """The resources the node reported in its latest heartbeat since the host started
+    (None before that; kept in the host's memory only)."""
 
 
 class JobProgress(Strict):

@@ -1,6 +1,7 @@
 """The HTTP API: FastAPI routes mapping requests to :class:`Coordinator` methods.
 
-Every ``/api/v1`` route needs the bearer token (see ``auth.TokenMiddleware``). Errors are
+Every ``/api/v1`` route needs the bearer token (see ``auth.TokenMiddleware``); ``GET /metrics``
+(Prometheus text format, ``prometheus.py``) takes it or the metrics token. Errors are
 JSON ``{"detail": "<one line>"}``; a malformed request is a 422 whose detail names the field.
 The handlers are ``async`` and call the coordinator directly: its methods are short SQLite
 transactions, cheaper than a hop through a thread pool.
@@ -19,13 +20,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from potluck.contracts import wire as s
 from potluck.contracts.bundle import MAX_BUNDLE_BYTES
 from potluck.contracts.errors import ConfigError, NotFoundError, PotluckError
 from potluck.coordinator.artifacts import MAX_ARTIFACT_BYTES
-from potluck.coordinator.auth import TokenMiddleware
+from potluck.coordinator.auth import METRICS_PATH, TokenMiddleware
+from potluck.coordinator.prometheus import CONTENT_TYPE
 from potluck.coordinator.service import Coordinator
 from potluck.log import get_logger
 
@@ -65,10 +67,11 @@ def _sha256(path: Any) -> str:
     return _sha256_of(str(path), st.st_mtime_ns, st.st_size)
 
 
-def create_app(coordinator: Coordinator, token: str, *, tick_s: float = 1.0,
-               routers: Sequence[Router] = ()) -> Any:
+def create_app(coordinator: Coordinator, token: str, *, metrics_token: str | None = None,
+               tick_s: float = 1.0, routers: Sequence[Router] = ()) -> Any:
     """The ASGI app (FastAPI wrapped in the token middleware), with the housekeeping task.
 
+    ``metrics_token`` (if given) is accepted by ``GET /metrics`` and refused everywhere else.
     ``routers`` are mounted behind the same token check; they raise PotluckErrors like the
     core routes do."""
 
@@ -103,6 +106,10 @@ def create_app(coordinator: Coordinator, token: str, *, tick_s: float = 1.0,
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @api.get(METRICS_PATH, include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(coordinator.prometheus(), media_type=CONTENT_TYPE)
 
     @api.get("/api/v1/info")
     async def info() -> s.ClusterInfo:
@@ -208,4 +215,4 @@ def create_app(coordinator: Coordinator, token: str, *, tick_s: float = 1.0,
 
     for router in routers:
         api.include_router(router(coordinator))
-    return TokenMiddleware(api, token)
+    return TokenMiddleware(api, token, metrics_token=metrics_token)

@@ -1,6 +1,9 @@
-"""The join token: generated once per state dir, stored 0600, checked in constant time.
+"""The join token and the metrics token: generated once per state dir, stored 0600, checked
+in constant time.
 
-The token is a bearer secret: it is never logged and never sent back by the API. The check is
+The join token (file ``token``) opens the whole API. The metrics token (file
+``metrics-token``) is the scrape secret to give Prometheus: it reads ``GET /metrics`` and
+nothing else. Both are bearer secrets: never logged, never sent back by the API. The check is
 an ASGI middleware so that a request without the right token is refused before its body is
 even parsed (nothing is stored, and no field errors leak what the API expects).
 """
@@ -20,6 +23,8 @@ from potluck.contracts.errors import ConfigError
 TOKEN_BYTES = 24
 """192 bits of randomness (the issue asks for at least 128)."""
 MIN_TOKEN_CHARS = 16
+METRICS_PATH = "/metrics"
+METRICS_TOKEN_FILE = "metrics-token"
 
 
 def new_token() -> str:
@@ -61,6 +66,20 @@ def load_or_create_token(state_dir: Path, given: str | None) -> str:
     return token
 
 
+def load_or_create_metrics_token(state_dir: Path) -> str:
+    """The scrape secret of ``GET /metrics``: the stored one (``state_dir/metrics-token``),
+    else a new random one written there (0600). Kept across restarts so a Prometheus
+    configuration keeps working; delete the file and restart the host to change it."""
+    path = state_dir / METRICS_TOKEN_FILE
+    if path.exists():
+        token = path.read_text().strip()
+        if len(token) >= MIN_TOKEN_CHARS:
+            return token
+    token = new_token()
+    write_private(path, token + "\n")
+    return token
+
+
 def token_matches(expected: str, authorization: str | None) -> bool:
     """Constant-time check of an ``Authorization: Bearer <token>`` header value."""
     if not authorization:
@@ -91,12 +110,15 @@ class _TooLarge(Exception):
 class TokenMiddleware:
     """ASGI middleware: every ``/api/`` request needs the bearer token, else 401, checked
     before the body is read; a body larger than ``MAX_BODY_BYTES`` is refused with 413
-    without being read whole."""
+    without being read whole. ``/metrics`` takes the token or ``metrics_token``; the metrics
+    token anywhere else is a 403."""
 
-    def __init__(self, app: Any, token: str, max_body: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, app: Any, token: str, max_body: int = MAX_BODY_BYTES, *,
+                 metrics_token: str | None = None) -> None:
         self.app = app
         self.token = token
         self.max_body = max_body
+        self.metrics_token = metrics_token
 
     async def _limited(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         for name, value in scope["headers"]:
@@ -119,7 +141,9 @@ class TokenMiddleware:
             await _reply(send, 413, f"request body over {self.max_body} bytes")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+        path = scope["path"] if scope["type"] == "http" else ""
+        metrics = path == METRICS_PATH
+        if not metrics and not path.startswith("/api/"):
             await self.app(scope, receive, send)
             return
         header = None
@@ -129,6 +153,20 @@ class TokenMiddleware:
                 break
         if token_matches(self.token, header):
             await self._limited(scope, receive, send)
+            return
+        if self.metrics_token and token_matches(self.metrics_token, header):
+            if metrics:
+                await self._limited(scope, receive, send)
+            else:
+                await _reply(send, 403, f"this is the metrics token (file `{METRICS_TOKEN_FILE}`): "
+                             f"it can only read {METRICS_PATH}; the API needs the cluster token "
+                             "(file `token` in the host's state dir)")
+            return
+        if metrics:
+            detail = (f"{'missing' if header is None else 'wrong'} token: {METRICS_PATH} takes "
+                      f"the bearer token in the host's state dir, file `{METRICS_TOKEN_FILE}` "
+                      "(or the cluster token)")
+            await _reply(send, 401, detail, [(b"www-authenticate", b"Bearer")])
             return
         detail = (
             "missing token: pass --token (or set POTLUCK_TOKEN) with the token printed by "

@@ -9,6 +9,7 @@ State dir layout::
 
     potluck.db          SQLite: nodes, jobs, replicas, events, metrics
     token               the join token (0600)
+    metrics-token       the scrape secret for GET /metrics (0600): give this one to Prometheus
     host.json           url, ports and pid of the running host (absent when stopped)
     experiments/job-N/  per-job metrics (replicas/<node>.jsonl) and summary.json
     local-agent/        the host's own agent: its node key, runs and log
@@ -73,6 +74,8 @@ class HostConfig:
     """torchft Lighthouse port (0: pick a free one)."""
     token: str
     """The join token."""
+    metrics_token: str | None = None
+    """The scrape secret ``GET /metrics`` also accepts (None: only the join token)."""
     versions: Versions
     """This machine's versions."""
     local_agent: bool = True
@@ -221,7 +224,8 @@ class Host:
                 host._stop_local_agent()
                 self.should_exit = True
 
-        app = create_app(self.coordinator, self.config.token, routers=self.routers)
+        app = create_app(self.coordinator, self.config.token,
+                         metrics_token=self.config.metrics_token, routers=self.routers)
         server = _Server(
             uvicorn.Config(
                 app, log_level="warning", access_log=False, lifespan="on",

@@ -1,8 +1,9 @@
 """Who is in the cluster: registration, leaving, heartbeats, and marking silent nodes lost.
 
-Heartbeats touch memory only (``last_seen``); :meth:`Membership.flush` writes them once a
-second, and :meth:`Membership.mark_lost` turns a node silent for ``node_timeout_s`` lost and
-ends its active replicas.
+Heartbeats touch memory only (``last_seen``, and ``resources``: the CPU, RAM and GPU figures
+the agent sent, never stored); :meth:`Membership.flush` writes the times once a second, and
+:meth:`Membership.mark_lost` turns a node silent for ``node_timeout_s`` lost and ends its
+active replicas.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ class Membership:
         self.last_seen: dict[int, float] = {row["id"]: now for row in store.nodes()}
         self._dirty: set[int] = set(self.last_seen)
         self._credentials: dict[int, str] = {}
-        self._silent_but_training: set[int] = set()
         """Node id -> hash of its current credential (cache of the nodes table)."""
+        self._silent_but_training: set[int] = set()
+        self.resources: dict[int, s.NodeTelemetry] = {}
+        """Node id -> the resources its latest heartbeat reported (memory only)."""
 
     def register(self, req: s.RegisterRequest) -> s.RegisterResponse:
         """Add (or take back) a node. Raises VersionMismatchError, ConflictError when full."""
@@ -83,13 +86,17 @@ class Membership:
         node = self.node(node_id)
         self.store.set_node_state(node_id, "left", f"{node['name']} left the cluster",
                                   end_replicas=("stopped", "node left the cluster"))
+        self.resources.pop(node_id, None)
 
-    def touch(self, node_id: int) -> Any:
-        """A heartbeat arrived. Returns the node's row when it was not alive (or unknown
-        here), else None; raises NotFoundError for a node the store does not know."""
+    def touch(self, node_id: int, resources: s.NodeTelemetry | None = None) -> Any:
+        """A heartbeat arrived (with the node's ``resources``, if it sampled them). Returns the
+        node's row when it was not alive (or unknown here), else None; raises NotFoundError
+        for a node the store does not know."""
         if node_id not in self.last_seen:
             self.node(node_id)
         self.last_seen[node_id] = time.time()
+        if resources is not None:
+            self.resources[node_id] = resources
         self._dirty.add(node_id)
         if self.store.node_state(node_id) != "alive":
             node = self.node(node_id)
@@ -105,7 +112,7 @@ class Membership:
             versions=s.Versions(**loads(row["versions"])), speed=row["speed"],
             measured_samples_per_s=measured if measured is not None else row["measured_sps"],
             state=row["state"], last_heartbeat=self.last_seen.get(node_id, row["last_heartbeat"]),
-            joined_at=row["joined_at"],
+            joined_at=row["joined_at"], telemetry=self.resources.get(node_id),
         )
 
     def flush(self, measured: dict[int, float]) -> None:

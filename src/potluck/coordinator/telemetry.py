@@ -57,6 +57,9 @@ class Telemetry:
         by any replica: a node's replica trains even while its own agent is silent."""
         self._node_step: dict[tuple[int, int], int] = {}
         """(job id, node id) -> the node's last committed step."""
+        self.node_samples: dict[int, dict[int, int]] = {}
+        """Job id -> node id -> samples the node computed in committed steps since this host
+        started (memory only: a counter for ``/metrics``)."""
         self._logged_alloc: dict[int, int] = {}
         self._logged_step: dict[int, int] = {}
         self._notices: dict[int, set[str]] = {}
@@ -91,6 +94,8 @@ class Telemetry:
     def _fold(self, progress: s.JobProgress, job_id: int, node_id: int, event: BaseModel) -> None:
         if isinstance(event, StepEvent) and event.committed:
             self._check_restart(progress, job_id, node_id, event)
+            samples = self.node_samples.setdefault(job_id, {})
+            samples[node_id] = samples.get(node_id, 0) + event.local_batch
             now = time.time()
             for slot in event.allocation or {}:
                 self.slot_seen[int(slot)] = now
@@ -189,6 +194,7 @@ class Telemetry:
             del self._node_step[key]
         self._logged_step.pop(job_id, None)
         self._notices.pop(job_id, None)
+        self.node_samples.pop(job_id, None)
         return self.progress.pop(job_id, None)
 
     def summarize(self, job_id: int, state: str) -> s.JobSummary:
