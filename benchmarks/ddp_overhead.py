@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from potluck.balancer import split_equal
 from potluck.launcher import LocalCluster
-from potluck.trainer.core import build_training
+from potluck.trainer.core import build_training, gradient_step
 from potluck.trainer.emulation import Emulator, measure_step_s
 from potluck.trainer.sampler import step_indices
 
@@ -49,7 +49,7 @@ def _ddp_worker(rank: int, port: int, queue: mp.Queue) -> None:
     # for this model, launched at the end of backward) follows the emulated compute, as it
     # would on a real slow device; padding after backward would hide DDP's communication.
     train_x, train_y = tr.data.train.tensors
-    real_s = measure_step_s(tr.model, train_x[: GLOBAL_BATCH // NODES], train_y[: GLOBAL_BATCH // NODES])
+    real_s = measure_step_s(gradient_step(tr), GLOBAL_BATCH // NODES)
     shares = split_equal(range(NODES), GLOBAL_BATCH)
     loss_fn = torch.nn.CrossEntropyLoss()
     t0 = time.perf_counter()

@@ -11,8 +11,9 @@ import typer
 from potluck.cli.main import app
 from potluck.contracts.jobspec import JOB_OPTIONS
 
-JOB = ["--dataset", "--deadband", "--epochs", "--global-batch", "--lr", "--model", "--policy",
-       "--rebalance-interval", "--seed", "--steps", "--sync"]
+JOB = ["--data-path", "--dataset", "--deadband", "--epochs", "--global-batch", "--lr", "--model",
+       "--model-size", "--policy", "--rebalance-interval", "--seed", "--seq-len", "--steps",
+       "--sync"]
 CLUSTER = ["--host", "--json", "--state-dir", "--token"]
 
 EXPECTED: dict[str, list[str]] = {

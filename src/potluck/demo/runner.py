@@ -26,7 +26,7 @@ from potluck.contracts.jobspec import JobSpec
 from potluck.launcher import LocalCluster
 from potluck.profiler import profile_device
 from potluck.recipes import check_spec
-from potluck.trainer.core import build_training, train_reference
+from potluck.trainer.core import build_training, gradient_step, train_reference
 from potluck.trainer.emulation import Emulator, calibrate
 from potluck.trainer.sinks import JsonlTail, read_jsonl
 
@@ -120,8 +120,7 @@ def emulated_sample_s(cfg: DemoConfig) -> float:
     if cfg.emulated_sample_ms is not None:
         return cfg.emulated_sample_ms / 1e3
     tr = build_training(cfg.job)
-    x, y = tr.data.train.take(torch.arange(min(cfg.job.global_batch, tr.train_size)))
-    sample_s, _ = calibrate(tr.model, x, y, len(y))
+    sample_s, _ = calibrate(gradient_step(tr), min(cfg.job.global_batch, tr.train_size))
     cores = os.cpu_count() or 1
     return max(MIN_EMULATED_SAMPLE_S, 8 * sample_s * len(cfg.speeds) / cores)
 
@@ -148,7 +147,7 @@ def profile_nodes(job: JobSpec, speeds: list[float]) -> dict[str, list[float]]:
     for speed in sorted(set(speeds)):
         emulator = Emulator(speed, job.emulation.sample_s, job.emulation.overhead_s)
         prof = profile_device(model=job.model.name, dataset=job.data.name, device="cpu",
-                              batch_sizes=sizes, repeats=5, emulator=emulator)
+                              batch_sizes=sizes, repeats=5, emulator=emulator, job=job)
         fitted[speed] = [prof.overhead_s, prof.sample_s]
     return {str(i): fitted[s] for i, s in enumerate(speeds)}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +99,16 @@ def local_gradients(tr: Training, batch: Any, size: int, cap: int | None = None)
         total += float(mean.detach()) * n
         start += n
     return total
+
+
+def gradient_step(tr: Training) -> Callable[[int], object]:
+    """``step(n)``: forward+backward of the first ``n`` samples of the training set (what
+    :func:`~potluck.trainer.emulation.calibrate` times)."""
+    def step(n: int) -> object:
+        tr.optimizer.zero_grad(set_to_none=True)
+        return local_gradients(tr, tr.batch(np.arange(n)), n)
+
+    return step
 
 
 def params_digest(model: nn.Module) -> str:

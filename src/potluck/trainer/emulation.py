@@ -11,9 +11,9 @@ replica is simply slower than asked; ``overruns`` counts that so it can be repor
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
-from torch import nn
 
 
 class Emulator:
@@ -41,28 +41,27 @@ class Emulator:
             self.overruns += 1
 
 
-def measure_step_s(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int = 5) -> float:
-    """Median seconds of one forward+backward over ``x`` (one warm-up run first)."""
-    loss_fn = nn.CrossEntropyLoss()
+def measure_step_s(step: Callable[[int], object], samples: int, repeats: int = 5) -> float:
+    """Median seconds of ``step(samples)`` (one forward+backward; one warm-up run first)."""
     times = []
     for i in range(repeats + 1):
-        model.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
-        loss_fn(model(x), y).backward()
+        step(samples)
         if i:
             times.append(time.perf_counter() - t0)
     times.sort()
     return times[len(times) // 2]
 
 
-def calibrate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> tuple[float, float]:
-    """Real ``(sample_s, overhead_s)`` of this machine for ``model``, fitted on two batch sizes."""
+def calibrate(step: Callable[[int], object], batch: int) -> tuple[float, float]:
+    """Real ``(sample_s, overhead_s)`` of this machine for ``step(n)`` (forward+backward of
+    ``n`` samples, with the recipe's own loss), fitted on two batch sizes with one torch thread."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         small = max(1, batch // 4)
-        t_small = measure_step_s(model, x[:small], y[:small])
-        t_big = measure_step_s(model, x[:batch], y[:batch])
+        t_small = measure_step_s(step, small)
+        t_big = measure_step_s(step, batch)
     finally:
         torch.set_num_threads(threads)
     sample_s = max((t_big - t_small) / max(batch - small, 1), 1e-7)

@@ -35,7 +35,7 @@ from potluck.contracts.events import (
 )
 from potluck.contracts.jobspec import ReplicaSpec
 from potluck.log import IdentityAdapter, get_logger, setup_logging
-from potluck.trainer.core import build_training, local_gradients, params_digest
+from potluck.trainer.core import build_training, gradient_step, local_gradients, params_digest
 from potluck.trainer.emulation import Emulator, calibrate
 from potluck.trainer.faults import Faults
 from potluck.trainer.ft import make_manager
@@ -66,8 +66,8 @@ class Replica:
         )
         sample_s, overhead_s = job.emulation.sample_s, job.emulation.overhead_s
         if spec.speed != 1.0 and sample_s == 0:
-            x, y = self.tr.data.train.take(torch.arange(min(job.global_batch, 256)))
-            sample_s, overhead_s = calibrate(self.tr.model, x, y, len(y))
+            sample_s, overhead_s = calibrate(gradient_step(self.tr),
+                                             min(job.global_batch, 256, self.tr.train_size))
         self.emulator = Emulator(spec.speed, sample_s, overhead_s)
         self.sink: EventSink = sink or JsonlSink(spec.run_dir, spec.name, spec.slot)
         self.step = 0
@@ -96,7 +96,7 @@ class Replica:
 
         per_node = max(2, job.global_batch // 8)
         prof = profile_device(model=job.model.name, dataset=job.data.name, device=spec.device,
-                              batch_sizes=[max(1, per_node // 4), per_node], repeats=3,
+                              batch_sizes=[max(1, per_node // 4), per_node], repeats=3, job=job,
                               emulator=self.emulator if self.emulator.active else None)
         self.log.info("profiled this device: %.3f ms + %.4f ms/sample",
                       prof.overhead_s * 1e3, prof.sample_s * 1e3)
