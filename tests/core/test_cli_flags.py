@@ -11,9 +11,10 @@ import typer
 from potluck.cli.main import app
 from potluck.contracts.jobspec import JOB_OPTIONS
 
-JOB = ["--checkpoint-every-s", "--checkpoint-every-steps", "--clip-grad-norm", "--dataset",
-       "--deadband", "--epochs", "--exact", "--global-batch", "--lr", "--model", "--momentum",
-       "--phase-s", "--policy", "--rebalance-interval", "--seed", "--steps", "--sync", "--wire"]
+JOB = ["--checkpoint-every-s", "--checkpoint-every-steps", "--clip-grad-norm", "--data-path",
+       "--dataset", "--deadband", "--epochs", "--exact", "--global-batch", "--lr", "--model",
+       "--model-size", "--momentum", "--phase-s", "--policy", "--rebalance-interval", "--seed",
+       "--seq-len", "--steps", "--sync", "--wire"]
 CLUSTER = ["--host", "--json", "--state-dir", "--token"]
 
 EXPECTED: dict[str, list[str]] = {

@@ -6,8 +6,8 @@ enters: :meth:`JobSpec.parse` raises :class:`~potluck.contracts.errors.ConfigErr
 field (``optimizer.lr``) and the bad value. Sections::
 
     JobSpec
-    ├── model       which model (a built-in recipe's model, later a user's job file)
-    ├── data        which data set, the held-out fraction
+    ├── model       which model and its size (a built-in recipe's model, later a user's job file)
+    ├── data        which data set, where its files are, the held-out fraction, text windows
     ├── optimizer   learning rate, momentum
     ├── balancer    allocation policy and its knobs, start-of-job profiles
     ├── sync        how replicas combine their work (a SyncStrategy name)
@@ -60,14 +60,28 @@ class Section(BaseModel):
 
 class ModelSection(Section):
     name: str = Field(default="mlp", min_length=1, max_length=100)
-    """Built-in model: ``mlp`` or ``simple_cnn`` (ignored when ``code.file`` names a job file)."""
+    """Built-in model: ``mlp``, ``simple_cnn``, ``resnet18``, ``resnet50`` (image classifiers),
+    ``gpt`` or ``bert`` (language models); ignored when ``code.file`` names a job file."""
+    size: str | None = Field(default=None, min_length=1, max_length=100)
+    """Size of a language model: ``tiny`` (the default, ~0.2M parameters), ``small`` (~7M), and
+    ``124M`` (GPT-2 small, gpt) or ``base`` (BERT-base shape, bert); other models take none."""
 
 
 class DataSection(Section):
     name: str = Field(default="digits", min_length=1, max_length=100)
-    """Built-in data set: ``digits`` (real 8x8 handwritten digits) or ``synthetic_image``."""
+    """Built-in data set: ``digits`` (real 8x8 handwritten digits), ``synthetic_image``,
+    ``cifar10`` (images, read from ``data.path``), ``chars`` (a character-level text corpus)
+    or ``synthetic_text``."""
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
-    """Fraction of the data set held out for the test accuracy at the end."""
+    """Fraction of the data set held out for the test accuracy at the end (cifar10 keeps its
+    own test batch)."""
+    path: str | None = Field(default=None, min_length=1, max_length=4096)
+    """Where the data set's files are, the same path on every node: the directory of the
+    CIFAR-10 python batches (cifar10), a UTF-8 text file replacing the shipped corpus (chars),
+    an npz replacing the shipped digits (digits)."""
+    seq_len: int = Field(default=64, ge=2, le=4096)
+    """Tokens a language model sees per sample (text data sets): each sample is a window of
+    ``seq_len`` tokens plus the next one as the last target."""
 
 
 class OptimizerSection(Section):
@@ -260,7 +274,10 @@ def _field_doc(path: str) -> tuple[type, str]:
 
 _FLAT = {
     "model": "model.name",
+    "model_size": "model.size",
     "dataset": "data.name",
+    "data_path": "data.path",
+    "seq_len": "data.seq_len",
     "global_batch": "global_batch",
     "steps": "steps",
     "epochs": "epochs",

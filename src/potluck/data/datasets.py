@@ -1,8 +1,11 @@
-"""Built-in data sets, loaded as in-memory tensors with a seeded train/test split.
+"""Built-in image data sets, loaded as in-memory tensors with a seeded train/test split.
 
 ``digits``: 1,797 real 8x8 handwritten digits shipped in ``data/files/digits.npz``.
 ``synthetic_image``: 3x16x16 images whose class is a seeded pattern plus noise; deterministic
 for a seed, any size.
+``cifar10``: 60,000 3x32x32 colour images in 10 classes, read from the user's copy of the
+CIFAR-10 python batches (:mod:`potluck.data.cifar`); kept as uint8 (180 MB instead of 720 MB
+as float32), and the recipes' models take uint8 input.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import numpy as np
 import torch
 
 from potluck.contracts.errors import DataError
+from potluck.data.cifar import load_cifar10
 
-DATASETS = ("digits", "synthetic_image")
+IMAGE_DATASETS = ("digits", "synthetic_image", "cifar10")
 
 
 @dataclass(frozen=True)
@@ -65,10 +69,20 @@ def _synthetic_image(seed: int, n: int = 2400, classes: int = 10) -> tuple[np.nd
 
 
 def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.2,
-                 digits_path: str | Path | None = None) -> Dataset:
-    """Load ``name`` and split it with ``seed``; raises :class:`DataError` for unknown names."""
+                 path: str | Path | None = None) -> Dataset:
+    """Load ``name`` and split it with ``seed`` (cifar10: its own test batch).
+
+    ``path`` replaces the shipped digits file, and is where the CIFAR-10 batches are.
+    Raises :class:`DataError` for unknown names and unreadable files.
+    """
+    if name == "cifar10":
+        train_set, test_set = load_cifar10(path)
+        return Dataset(name=name, train_x=torch.from_numpy(train_set.images),
+                       train_y=torch.from_numpy(train_set.labels),
+                       test_x=torch.from_numpy(test_set.images),
+                       test_y=torch.from_numpy(test_set.labels), num_classes=10)
     if name == "digits":
-        images, labels = load_digits_arrays(digits_path)
+        images, labels = load_digits_arrays(path)
         x = images.astype(np.float32)[:, None, :, :] / 16.0
         y = labels.astype(np.int64)
         classes = 10
@@ -76,7 +90,7 @@ def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.2,
         x, y = _synthetic_image(seed)
         classes = 10
     else:
-        raise DataError(f"unknown data set {name!r}: choose one of {', '.join(DATASETS)}")
+        raise DataError(f"unknown data set {name!r}: choose one of {', '.join(IMAGE_DATASETS)}")
     # The split is seeded independently of the training permutation.
     order = np.random.default_rng(seed + 104729).permutation(len(y))
     n_test = max(1, int(round(len(y) * test_fraction)))

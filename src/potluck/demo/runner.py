@@ -147,7 +147,7 @@ def profile_nodes(job: JobSpec, speeds: list[float]) -> dict[str, list[float]]:
     for speed in sorted(set(speeds)):
         emulator = Emulator(speed, job.emulation.sample_s, job.emulation.overhead_s)
         prof = profile_device(model=job.model.name, dataset=job.data.name, device="cpu",
-                              batch_sizes=sizes, repeats=5, emulator=emulator)
+                              batch_sizes=sizes, repeats=5, emulator=emulator, job=job)
         fitted[speed] = [prof.overhead_s, prof.sample_s]
     return {str(i): fitted[s] for i, s in enumerate(speeds)}
 

@@ -122,10 +122,11 @@ def _activation_bytes(model: nn.Module, x: torch.Tensor) -> int:
 
 def profile_device(*, model: str, dataset: str, device: str, batch_sizes: list[int],
                    memory_budget_mb: float | None = None, repeats: int = 5,
-                   emulator: Emulator | None = None) -> DeviceProfile:
-    """Profile ``device`` (optionally as an emulated slower device) for ``model``."""
+                   emulator: Emulator | None = None, job: JobSpec | None = None) -> DeviceProfile:
+    """Profile ``device`` (optionally as an emulated slower device) for ``model``; the rest of
+    the job (model size, data path, sequence length) comes from ``job`` (default: defaults)."""
     dev = torch.device(device)
-    spec = JobSpec.parse({"model": model, "dataset": dataset})
+    spec = (job or JobSpec()).updated({"model.name": model, "data.name": dataset})
     recipe = recipe_for(spec)
     ctx = RecipeContext(spec=spec, device=str(dev))
     data = recipe.data(ctx)

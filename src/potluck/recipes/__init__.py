@@ -12,6 +12,7 @@ replica loop::
 """
 
 from potluck.recipes import builtin as _builtin  # noqa: F401  (registers the built-ins)
+from potluck.recipes import language as _language  # noqa: F401
 from potluck.recipes.base import (
     Batch,
     Recipe,

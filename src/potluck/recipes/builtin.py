@@ -1,4 +1,5 @@
-"""The built-in recipes: image classifiers (``mlp``, ``simple_cnn``) on the built-in data sets."""
+"""The built-in image classifiers (``mlp``, ``simple_cnn``, ``resnet18``, ``resnet50``) on the
+built-in image data sets, and the name checks every built-in recipe shares."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import math
 import torch
 from torch import nn
 
-from potluck.contracts.errors import DataError
-from potluck.data import DATASETS, load_dataset
+from potluck.contracts.errors import DataError, ModelError
+from potluck.contracts.jobspec import JobSpec
+from potluck.data import DATASETS, GENERATED, IMAGE_DATASETS, load_dataset
+from potluck.data.cifar import load_cifar10
 from potluck.recipes.base import (
     Batch,
     Recipe,
@@ -17,23 +20,76 @@ from potluck.recipes.base import (
     TrainData,
     register_recipe,
 )
-from potluck.recipes.models import MLP, SimpleCNN, seeded
+from potluck.recipes.models import MLP, ByteImages, SimpleCNN, seeded
+from potluck.recipes.resnet import resnet18, resnet50
+
+EVAL_CHUNK = 1024
+"""Test samples per forward pass when evaluating (bounds the memory of a large test set)."""
+
+
+def check_names(spec: JobSpec, datasets: tuple[str, ...], what: str,
+                sizes: tuple[str, ...] = ()) -> None:
+    """Raise one line if ``spec`` names a data set outside ``datasets`` (``what`` says what kind
+    the model takes), a size outside ``sizes``, or ``data.path`` for a generated data set."""
+    model, data = spec.model.name, spec.data.name
+    choose = " or ".join([", ".join(datasets[:-1]), datasets[-1]] if len(datasets) > 1 else datasets)
+    if data not in DATASETS:
+        raise DataError(f"unknown data set {data!r}: model {model!r} takes {choose}")
+    if data not in datasets:
+        raise DataError(f"model {model!r} trains on {what}: choose data set {choose}, not {data!r}")
+    if spec.data.path is not None and data in GENERATED:
+        raise DataError(f"data set {data!r} is generated from the seed and reads no files: "
+                        "drop data.path")
+    if data == "cifar10" and spec.data.path is None:
+        load_cifar10(None)  # raises the one line saying where to get it
+    size = spec.model.size
+    if size is not None and size not in sizes:
+        if not sizes:
+            raise ModelError(f"model {model!r} has no sizes: drop model.size {size!r} "
+                             "(sizes are for gpt and bert)")
+        raise ModelError(f"unknown size {size!r} for model {model!r}: choose one of "
+                         f"{', '.join(sizes)}")
+
+
+@torch.no_grad()
+def chunked_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, limit: int
+                   ) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of ``model(x)`` against ``y`` (class ids; for sequences
+    one per position, -100 to skip one), over the first ``limit`` samples, in chunks."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    loss = correct = count = 0.0
+    try:
+        for start in range(0, min(len(x), limit), EVAL_CHUNK):
+            stop = min(start + EVAL_CHUNK, len(x), limit)
+            logits = model(x[start:stop].to(device)).flatten(0, -2)
+            target = y[start:stop].to(device).flatten()
+            keep = target != -100
+            loss += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
+            correct += float((logits.argmax(dim=-1) == target)[keep].sum())
+            count += float(keep.sum())
+    finally:
+        model.train(was_training)
+    if not count:
+        return {}
+    return {"test_loss": loss / count, "test_accuracy": correct / count}
 
 
 class Classifier(Recipe):
-    """Cross-entropy classification of ``data.name`` (digits, synthetic_image)."""
+    """Cross-entropy classification of ``data.name`` (digits, synthetic_image, cifar10)."""
 
     _data: TrainData | None = None
+    eval_limit = 10_000
+    """Test samples evaluated at the end (all of CIFAR-10's test batch)."""
 
     def check(self) -> None:
-        if self.spec.data.name not in DATASETS:
-            raise DataError(f"unknown data set {self.spec.data.name!r}: choose one of "
-                            f"{', '.join(DATASETS)}")
+        check_names(self.spec, IMAGE_DATASETS, "images")
 
     def data(self, ctx: RecipeContext) -> TrainData:
         if self._data is None:  # model() needs the shapes too: load once
             d = load_dataset(ctx.spec.data.name, seed=ctx.seed,
-                             test_fraction=ctx.spec.data.test_fraction)
+                             test_fraction=ctx.spec.data.test_fraction, path=ctx.spec.data.path)
             self._data = TrainData(train=TensorData(d.train_x, d.train_y),
                                    test=TensorData(d.test_x, d.test_y),
                                    input_shape=d.input_shape, num_classes=d.num_classes)
@@ -44,7 +100,10 @@ class Classifier(Recipe):
 
     def model(self, ctx: RecipeContext) -> nn.Module:
         data = self.data(ctx)
-        return seeded(ctx.seed, lambda: self.build(data.input_shape, data.num_classes))
+        net = seeded(ctx.seed, lambda: self.build(data.input_shape, data.num_classes))
+        if data.train.tensors[0].dtype == torch.uint8:  # images kept as bytes (cifar10)
+            net = nn.Sequential(ByteImages(), net)
+        return net
 
     def loss(self, model: nn.Module, batch: Batch, ctx: RecipeContext) -> torch.Tensor:
         x, y = batch
@@ -55,12 +114,7 @@ class Classifier(Recipe):
         if data.test is None:
             return {}
         x, y = data.test.tensors
-        was_training = model.training
-        model.eval()
-        logits = model(x)
-        model.train(was_training)
-        return {"test_loss": float(nn.functional.cross_entropy(logits, y)),
-                "test_accuracy": float((logits.argmax(dim=1) == y).float().mean())}
+        return chunked_scores(model, x, y, self.eval_limit)
 
 
 @register_recipe("mlp")
@@ -77,3 +131,19 @@ class CNNClassifier(Classifier):
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         return SimpleCNN(input_shape[0], input_shape[-1], num_classes)
+
+
+@register_recipe("resnet18")
+class ResNet18Classifier(Classifier):
+    name = "resnet18"
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        return resnet18(input_shape[0], max(input_shape[1:]), num_classes)
+
+
+@register_recipe("resnet50")
+class ResNet50Classifier(Classifier):
+    name = "resnet50"
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        return resnet50(input_shape[0], max(input_shape[1:]), num_classes)

@@ -1,4 +1,5 @@
-"""Built-in models in plain torch (their recipes are in ``recipes/builtin.py``).
+"""Built-in models in plain torch (their recipes are in ``recipes/builtin.py``; ResNets are in
+``recipes/resnet.py``, transformers in ``recipes/transformer.py``).
 
 No BatchNorm or dropout on purpose: a model whose output for a sample depends only on that
 sample keeps the uneven split exact (the weighted update equals one big machine's).
@@ -46,6 +47,15 @@ class SimpleCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class ByteImages(nn.Module):
+    """Maps uint8 pixels (data sets kept as bytes, like cifar10) to floats in [-1, 1]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.uint8:
+            return x
+        return x.float().mul_(2.0 / 255.0).sub_(1.0)
 
 
 def seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:

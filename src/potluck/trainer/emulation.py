@@ -55,7 +55,7 @@ def measure_step_s(step: Callable[[int], object], samples: int, repeats: int = 5
 
 def calibrate(step: Callable[[int], object], batch: int) -> tuple[float, float]:
     """Real ``(sample_s, overhead_s)`` of this machine for ``step(n)`` (forward+backward of
-    ``n`` samples), fitted on two batch sizes with one torch thread."""
+    ``n`` samples, with the recipe's own loss), fitted on two batch sizes with one torch thread."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

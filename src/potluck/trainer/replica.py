@@ -126,7 +126,7 @@ class Replica:
 
         per_node = max(2, job.global_batch // 8)
         prof = profile_device(model=job.model.name, dataset=job.data.name, device=spec.device,
-                              batch_sizes=[max(1, per_node // 4), per_node], repeats=3,
+                              batch_sizes=[max(1, per_node // 4), per_node], repeats=3, job=job,
                               emulator=self.emulator if self.emulator.active else None)
         self.log.info("profiled this device: %.3f ms + %.4f ms/sample",
                       prof.overhead_s * 1e3, prof.sample_s * 1e3)
