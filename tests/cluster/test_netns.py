@@ -254,7 +254,8 @@ def test_tailscale_like_vpn_wins_over_the_lan_without_flags(cluster: Cluster, ne
 
     host = cluster.start_host("", prefix=netns(host_ns))
     assert host["advertise"] == f"{vpn}.1"
-    assert "VPN address on tailscale0" in host["proc"].log.read_text()
+    wait_until(lambda: "VPN address on tailscale0" in host["proc"].log.read_text(), 20,
+               "the host to say why it chose the VPN address")
     cluster.start_agent(host, "f", None, prefix=netns(friend_ns))
     wait_until(lambda: "f" in cluster.nodes(prefix=netns(host_ns)), 60, "the friend to join")
     node = cluster.nodes(prefix=netns(host_ns))["f"]
