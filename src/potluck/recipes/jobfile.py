@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import default_collate
+from torch.utils.data import TensorDataset, default_collate
 
 from potluck.contracts.errors import ConfigError, JobCodeError
 from potluck.contracts.jobspec import JobSpec
@@ -144,6 +144,15 @@ class MapData:
         return self.dataset[i]
 
     def take(self, indices: torch.Tensor | Sequence[int]) -> Any:
+        """The batch at ``indices``. Fast paths, one indexing operation per tensor: a
+        ``TensorDataset`` (with the default collate), or a data set with its own
+        ``take(indices)``; otherwise one ``__getitem__`` per sample, then ``collate``."""
+        ds = self.dataset
+        if hasattr(ds, "take"):
+            return self._guard("dataset.take", lambda: ds.take(torch.as_tensor(indices)))
+        if isinstance(ds, TensorDataset) and self.collate is default_collate:
+            index = torch.as_tensor(indices)
+            return tuple(tensor[index] for tensor in ds.tensors)
         idx = indices.tolist() if isinstance(indices, torch.Tensor) else list(indices)
         return self._guard("dataset[i] / collate", lambda: self.collate(self._samples(idx)))
 
