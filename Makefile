@@ -26,7 +26,7 @@ demo: install
 	$(VENV)/bin/potluck demo --compare
 
 test: install-dev
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks
