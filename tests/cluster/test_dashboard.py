@@ -27,11 +27,12 @@ from cluster_helpers import serve_coordinator, wait_until
 from conftest import Cluster
 from potluck.contracts import wire as s
 from potluck.contracts.client import CoordinatorClient
-from potluck.contracts.dashboard import MAX_POINTS
+from potluck.contracts.dashboard import MAX_POINTS, JobDetail
 from potluck.contracts.events import AllocationEvent, StepEvent
 from potluck.contracts.versions import local_versions
 from potluck.dashboard import routes
 from potluck.dashboard.recorder import JobRecorder
+from potluck.dashboard.report import report_html
 from potluck.dashboard.routes import dashboard_router
 from potluck.dashboard.snapshot import csv_cell, marker_kind
 
@@ -124,9 +125,13 @@ def cluster_api(tmp_path: Path) -> Iterator[dict[str, Any]]:
             node.client.close()
 
 
+MARKUP = '<img src="/x" onerror="alert(1)"></script>'
+"""A job name that would run if the page ever inserted data as HTML."""
+
+
 def start_job(api: dict[str, Any], steps: int = 400) -> int:
     nodes = api["nodes"]
-    job = nodes["ada"].client.submit({"steps": steps, "global_batch": 96})
+    job = nodes["ada"].client.submit({"steps": steps, "global_batch": 96}, name=MARKUP)
     for node in nodes.values():
         assert node.heartbeat().assignment.job_id == job.id
     return job.id
@@ -352,6 +357,8 @@ def test_the_live_page_follows_a_job_on_a_phone_sized_screen(browser: Any, clust
         node.steps(job_id, range(5, 12), alloc)
     page.wait_for_function("() => document.querySelector('[data-testid=step]').textContent === '12'")
     assert step.text_content() == "12" and page.evaluate("window.notReloaded === true")
+    assert page.locator("#view-job .job-name").text_content() == MARKUP  # text, never HTML
+    assert page.locator("#view-job img").count() == 0
 
     # A rebalance and a node leaving are markers on the charts, and listed.
     new = {str(nodes["ada"].reg.slot): 48, str(nodes["bob"].reg.slot): 32, str(nodes["cy"].reg.slot): 16}
@@ -543,6 +550,18 @@ def test_csv_cells_are_quoted_and_defused() -> None:
     assert [csv_cell(v) for v in (None, True, 3, 0.25, -1.5)] == ["", "1", "3", "0.25", "-1.5"]
     assert csv_cell('=HYPERLINK("x")') == '"\'=HYPERLINK(""x"")"'
     assert csv_cell("a,b") == '"a,b"' and csv_cell("@sum") == "'@sum"
+
+
+def test_the_report_embeds_its_data_inertly() -> None:
+    detail = JobDetail(id=3, name=MARKUP, state="succeeded", model="mlp/digits", global_batch=64,
+                       policy="dynamic", sync="allreduce", created_at=1.0, started_at=2.0,
+                       finished_at=3.0, message=None, step=9, total_steps=10, eta_s=None, loss=0.5,
+                       samples_per_s=100.0, participants=1, efficiency=None, compute_fraction=0.9)
+    page = report_html(detail, csv_name="x-steps.csv")
+    assert page.count("</script>") == page.count("<script") == 4  # three scripts, one data block
+    assert "<img" not in page and not re.search(r"(src|href)=\"?(https?:)?//", page)
+    data = page.split('id="potluck-data">', 1)[1].split("</script>", 1)[0]
+    assert json.loads(data)["job"]["name"] == MARKUP
 
 
 # -- packaging --------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from importlib import resources
 from potluck.contracts.dashboard import JobDetail
 
 SCRIPTS = ("charts.js", "views.js", "report.js")
-REPORT_CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
+REPORT_CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'"
 """Inline scripts and styles only (it is one file), and no request to anywhere."""
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from potluck.contracts import dashboard as d
 from potluck.contracts import wire as s
-from potluck.contracts.errors import NotFoundError
+from potluck.contracts.errors import NotFoundError, PotluckError
 from potluck.contracts.jobspec import DEFAULT_STEPS, JobSpec
 from potluck.contracts.versions import compare_versions
 from potluck.coordinator.service import Coordinator
@@ -38,7 +38,7 @@ NETWORK: dict[AddressKind, d.NetworkKind] = {
 def network_kind(address: str, interface: str | None) -> d.NetworkKind | None:
     try:
         return NETWORK[classify(address, interface)]
-    except Exception:  # an address the store holds but the classifier cannot read
+    except PotluckError:  # an address the store holds but the classifier cannot read
         return None
 
 
