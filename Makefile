@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test install install-dev lint bench clean
+.PHONY: demo test install install-dev browser lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,19 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	$(VENV)/bin/potluck demo --compare
 
-test: install-dev
+# The dashboard's browser tests drive Debian's chromium through playwright (dev extras); they
+# never run `playwright install` (it downloads a browser). Without chromium they are skipped.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get update -qq && apt-get install -y -qq chromium) || \
+			echo "note: could not install chromium: the browser tests will be skipped"; \
+	else \
+		echo "note: the dashboard's browser tests need Debian's chromium and will be skipped;"; \
+		echo "      install it with: sudo apt-get install chromium"; \
+	fi
+
+test: install-dev browser
 	$(PY) -m pytest -q --durations=15
 
 lint: install-dev

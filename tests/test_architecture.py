@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     "potluck.profiler": 2,
     "potluck.coordinator": 3, "potluck.agent": 3, "potluck.launcher": 3,
     "potluck.net": 4, "potluck.doctor": 4,
-    "potluck.cli": 5, "potluck.demo": 5, "potluck.__main__": 5,
+    "potluck.cli": 5, "potluck.demo": 5, "potluck.dashboard": 5, "potluck.__main__": 5,
 }
 FACADE = {"potluck": {"potluck.recipes.base"}}
 """Lazy public names of the package for job files (``potluck.TokenLoss``): imported on first

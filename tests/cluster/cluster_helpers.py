@@ -31,9 +31,11 @@ def free_port(address: str = "127.0.0.1") -> int:
 
 @contextlib.contextmanager
 def serve_coordinator(state_dir: Path, token: str, routers: Sequence[Any] = (), *,
-                      metrics_token: str | None = None) -> Iterator[tuple[str, Any]]:
+                      metrics_token: str | None = None,
+                      wrap: Callable[[Any], Any] | None = None) -> Iterator[tuple[str, Any]]:
     """A real coordinator app (SQLite file in ``state_dir``) on a real uvicorn server on
-    127.0.0.1 (port chosen by the OS), in a thread. Yields ``(url, store)``."""
+    127.0.0.1 (port chosen by the OS), in a thread. Yields ``(url, store)``. ``wrap`` (an ASGI
+    middleware factory) goes around the whole app, e.g. to record what reaches the server."""
     import uvicorn
 
     from potluck.contracts.versions import local_versions
@@ -46,13 +48,15 @@ def serve_coordinator(state_dir: Path, token: str, routers: Sequence[Any] = (), 
                                                  lighthouse_port=1, versions=local_versions()))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(coord, token, metrics_token=metrics_token, routers=routers), log_level="critical"))
+    app = create_app(coord, token, metrics_token=metrics_token, routers=routers)
+    server = uvicorn.Server(uvicorn.Config(wrap(app) if wrap else app, log_level="critical"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
         wait_until(lambda: server.started, 20, "uvicorn to start")
         yield f"http://127.0.0.1:{sock.getsockname()[1]}", store
     finally:
+        coord.closing = True  # long polls and event streams end now, as when a host stops
         server.should_exit = True
         thread.join(10)
         sock.close()

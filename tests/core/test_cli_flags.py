@@ -23,6 +23,7 @@ EXPECTED: dict[str, list[str]] = {
                           "--name", "--nodes", "--save-model", "--speeds"]),
     "doctor": ["--advertise", "--cluster", "--experiments-dir", "--json", "--name", "--state-dir",
                "--token", "HOST"],
+    "dashboard": ["--state-dir"],
     "grafana-dashboard": ["PATH"],
     "host": ["--advertise", "--allow-public", "--emulate-speed", "--json", "--lighthouse-port",
              "--name", "--no-local-agent", "--port", "--show-ports", "--state-dir", "--token"],
@@ -33,6 +34,7 @@ EXPECTED: dict[str, list[str]] = {
     "logs": ["--follow", "--host", "--json", "--state-dir", "--token", "-f", "JOB_ID"],
     "profile": ["--batch-sizes", "--dataset", "--device", "--json", "--memory-budget-mb", "--model"],
     "pull": sorted(CLUSTER + ["--checkpoint", "--force", "JOB_ID", "PATH"]),
+    "report": sorted(["--host", "--state-dir", "--token", "JOB_ID", "PATH"]),
     "status": CLUSTER,
     "train": sorted(JOB + CLUSTER + ["--config", "--detach", "--name", "--resume", "JOB_FILE"]),
 }

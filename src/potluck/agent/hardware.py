@@ -7,6 +7,7 @@ machine where importing torch takes seconds.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 
@@ -45,9 +46,21 @@ def detect_gpus() -> list[Gpu]:
     return parse_nvidia_smi(out.stdout) if out.returncode == 0 else []
 
 
+def describe_os() -> str | None:
+    """``Linux 6.1.0 x86_64``, ``macOS 14.2 arm64``, ``Windows 10 AMD64`` (None if unknown)."""
+    system, release, machine = platform.system(), platform.release(), platform.machine()
+    if system == "Darwin":
+        system, release = "macOS", platform.mac_ver()[0] or release
+    elif system == "Linux":
+        release = release.split("-", 1)[0]  # 6.1.0-18-amd64: the distribution's suffix is noise
+    text = " ".join(part for part in (system, release, machine) if part)
+    return text[:100] or None
+
+
 def detect_hardware() -> Hardware:
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
-    return Hardware(cpu_cores=max(1, cores), memory_mb=_memory_mb(), gpus=detect_gpus())
+    return Hardware(cpu_cores=max(1, cores), memory_mb=_memory_mb(), gpus=detect_gpus(),
+                    os=describe_os())

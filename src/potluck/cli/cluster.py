@@ -125,6 +125,7 @@ def host(
     from potluck.contracts.versions import local_versions
     from potluck.coordinator.auth import load_or_create_metrics_token, load_or_create_token
     from potluck.coordinator.host import Host, HostConfig
+    from potluck.dashboard.routes import dashboard_router
     from potluck.doctor.rounds import doctor_router
     from potluck.net import address as net
 
@@ -158,7 +159,7 @@ def host(
         metrics_token=load_or_create_metrics_token(sd), versions=local_versions(),
         local_agent=not no_local_agent, agent_args=agent_args,
     )
-    the_host = Host(config, routers=[doctor_router])
+    the_host = Host(config, routers=[doctor_router, dashboard_router])
 
     def ready() -> None:
         # The token is never part of a command line (shell history, `ps`): `join` asks for it,
@@ -168,7 +169,8 @@ def host(
         if json_out:  # one line: a script reads it while the host keeps running
             sys.stdout.write(json.dumps({"url": config.url, "advertise": choice.address, "port": config.port,
                                          "lighthouse_port": config.lighthouse_port, "state_dir": str(sd),
-                                         "join": join, "token_file": str(token_file)}) + "\n")
+                                         "join": join, "token_file": str(token_file),
+                                         "dashboard": config.url + "/"}) + "\n")
             sys.stdout.flush()
             return
         console.print(f"[bold green]potluck host[/] at {escape(config.url)} ({escape(choice.reason)})")
@@ -182,11 +184,24 @@ def host(
             console.print(f"  token: {the_token}", soft_wrap=True, markup=False)
         else:  # a redirected log must not hold the secret
             console.print(f"  token: in {token_file} (mode 0600)", soft_wrap=True, markup=False)
+        if sys.stdout.isatty():
+            console.print(f"Dashboard: {dashboard_link(config.url, the_token)}", soft_wrap=True, markup=False)
+        else:  # the link holds the token: `potluck dashboard` prints it on demand
+            console.print(f"Dashboard: {config.url}/ (sign in with the link `potluck dashboard` prints on "
+                          "this machine)", soft_wrap=True, markup=False)
         console.print(f"Prometheus: scrape {config.url}/metrics with the bearer token in "
                       f"{sd / 'metrics-token'} (it can only read metrics)", soft_wrap=True, markup=False)
         console.print("Ctrl-C stops the host.")
 
     the_host.serve(on_ready=ready)
+
+
+def dashboard_link(url: str, token: str) -> str:
+    """The dashboard's sign-in link: the token rides in the fragment (``#t=``), which a
+    browser never sends to the server; the page trades it for a session cookie."""
+    from urllib.parse import quote
+
+    return f"{url}/#t={quote(token, safe='')}"
 
 
 def _ephemeral_range() -> str:

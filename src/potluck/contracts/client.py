@@ -20,6 +20,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter
 
 from potluck.contracts import wire as s
+from potluck.contracts.dashboard import JobDetail
 from potluck.contracts.errors import ApiResponseError, HostUnreachableError, error_for_status
 from potluck.contracts.events import Event
 from potluck.contracts.jobspec import JobSpec
@@ -193,6 +194,16 @@ class CoordinatorClient:
     def submit_resume(self, config: JobSpec, resume: int, name: str | None = None) -> s.JobInfo:
         return s.JobInfo(**self._call("POST", "/api/v1/jobs",
                                       s.JobSubmit(config=config, name=name, resume=resume)))
+
+    # dashboard ----------------------------------------------------------------------------
+
+    def dashboard_job(self, job_id: int) -> JobDetail:
+        """A job with its charts' data, as the web dashboard shows it."""
+        return JobDetail(**self._call("GET", f"/api/v1/dashboard/jobs/{job_id}", timeout_s=60))
+
+    def steps_csv(self, job_id: int) -> str:
+        """Every step event of a job as CSV (one row per replica and step)."""
+        return self._send("GET", f"/api/v1/dashboard/jobs/{job_id}/steps.csv", timeout_s=120).text
 
     # doctor -------------------------------------------------------------------------------
 

@@ -80,6 +80,8 @@ class Hardware(Strict):
     cpu_cores: int = Field(ge=1, le=4096)
     memory_mb: int = Field(ge=0)
     gpus: list[Gpu] = Field(default_factory=list, max_length=64)
+    os: str | None = Field(default=None, max_length=100)
+    """The operating system, e.g. ``Linux 6.1 x86_64`` (None: an agent that did not say)."""
 
 
 class RegisterRequest(Strict):

@@ -1,7 +1,8 @@
 """The HTTP API: FastAPI routes mapping requests to :class:`Coordinator` methods.
 
 Every ``/api/v1`` route needs the bearer token (see ``auth.TokenMiddleware``); ``GET /metrics``
-(Prometheus text format, ``prometheus.py``) takes it or the metrics token. Errors are
+(Prometheus text format, ``prometheus.py``) takes it or the metrics token. ``POST
+/api/v1/session`` trades the token for the web dashboard's read-only session cookie. Errors are
 JSON ``{"detail": "<one line>"}``; a malformed request is a 422 whose detail names the field.
 The handlers are ``async`` and call the coordinator directly: its methods are short SQLite
 transactions, cheaper than a hop through a thread pool.
@@ -26,7 +27,7 @@ from potluck.contracts import wire as s
 from potluck.contracts.bundle import MAX_BUNDLE_BYTES
 from potluck.contracts.errors import ConfigError, NotFoundError, PotluckError
 from potluck.coordinator.artifacts import MAX_ARTIFACT_BYTES
-from potluck.coordinator.auth import METRICS_PATH, TokenMiddleware
+from potluck.coordinator.auth import METRICS_PATH, Sessions, TokenMiddleware
 from potluck.coordinator.prometheus import CONTENT_TYPE
 from potluck.coordinator.service import Coordinator
 from potluck.log import get_logger
@@ -102,6 +103,16 @@ def create_app(coordinator: Coordinator, token: str, *, metrics_token: str | Non
     @api.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _field_error(exc)}, status_code=422)
+
+    sessions = Sessions()
+
+    @api.post("/api/v1/session")
+    async def session() -> JSONResponse:
+        """Begin a dashboard session (the caller has shown the token): the answer sets the
+        session cookie, which reads the dashboard's routes and nothing else."""
+        return JSONResponse({"expires_in_s": sessions.ttl_s},
+                            headers={"set-cookie": sessions.cookie(sessions.new()),
+                                     "cache-control": "no-store"})
 
     @api.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -215,4 +226,4 @@ def create_app(coordinator: Coordinator, token: str, *, metrics_token: str | Non
 
     for router in routers:
         api.include_router(router(coordinator))
-    return TokenMiddleware(api, token, metrics_token=metrics_token)
+    return TokenMiddleware(api, token, metrics_token=metrics_token, sessions=sessions)

@@ -6,14 +6,22 @@ The join token (file ``token``) opens the whole API. The metrics token (file
 nothing else. Both are bearer secrets: never logged, never sent back by the API. The check is
 an ASGI middleware so that a request without the right token is refused before its body is
 even parsed (nothing is stored, and no field errors leak what the API expects).
+
+The web dashboard gets a third kind of credential, a **session** (:class:`Sessions`): the
+page posts the token once (``POST /api/v1/session``, bearer header) and gets a random value
+in an HttpOnly, SameSite=Strict cookie. The host keeps only the values' hashes, in memory;
+the cookie reads the dashboard's routes (``SESSION_PATHS``) with ``GET`` and nothing else,
+so it never writes anything.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import os
 import secrets
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +33,13 @@ TOKEN_BYTES = 24
 MIN_TOKEN_CHARS = 16
 METRICS_PATH = "/metrics"
 METRICS_TOKEN_FILE = "metrics-token"
+SESSION_COOKIE = "potluck_session"
+SESSION_PATHS = ("/api/v1/dashboard",)
+"""What a dashboard session cookie may read (``GET`` only): these paths and those below them."""
+SESSION_TTL_S = 24 * 3600.0
+"""A session ends this long after it began (or when the host restarts)."""
+MAX_SESSIONS = 256
+"""Sessions kept at once; beyond this the oldest ends."""
 
 
 def new_token() -> str:
@@ -90,6 +105,61 @@ def token_matches(expected: str, authorization: str | None) -> bool:
     return hmac.compare_digest(value.strip().encode(), expected.encode())
 
 
+class Sessions:
+    """The dashboard's sessions: random values handed out in a cookie, each good for
+    ``SESSION_TTL_S``. Only their SHA-256 is kept, in memory (a restarted host forgets them:
+    the page then asks for the link again). Call from one event loop."""
+
+    def __init__(self, ttl_s: float = SESSION_TTL_S, limit: int = MAX_SESSIONS) -> None:
+        self.ttl_s = ttl_s
+        self.limit = limit
+        self._expires: dict[str, float] = {}
+        """sha256 of a session value -> when it ends (insertion order: oldest first)."""
+
+    @staticmethod
+    def _key(value: str) -> str:
+        return hashlib.sha256(value.encode()).hexdigest()
+
+    def new(self, now: float | None = None) -> str:
+        """Begin a session; returns its value (for the cookie only: never log it)."""
+        now = time.time() if now is None else now
+        self._expires = {k: t for k, t in self._expires.items() if t > now}
+        while len(self._expires) >= self.limit:
+            del self._expires[next(iter(self._expires))]
+        value = secrets.token_urlsafe(32)
+        self._expires[self._key(value)] = now + self.ttl_s
+        return value
+
+    def valid(self, value: str | None, now: float | None = None) -> bool:
+        if not value or len(value) > 128:
+            return False
+        expires = self._expires.get(self._key(value))
+        return expires is not None and expires > (time.time() if now is None else now)
+
+    def cookie(self, value: str) -> str:
+        """The ``Set-Cookie`` value: HttpOnly (page scripts cannot read it), SameSite=Strict
+        (other sites cannot make the browser send it), the whole origin."""
+        return (f"{SESSION_COOKIE}={value}; Max-Age={int(self.ttl_s)}; Path=/; HttpOnly; "
+                "SameSite=Strict")
+
+
+def session_cookie(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """The session cookie's value among an ASGI request's headers, or None."""
+    for name, value in headers:
+        if name != b"cookie":
+            continue
+        for part in value.decode("latin-1").split(";"):
+            key, _, val = part.strip().partition("=")
+            if key == SESSION_COOKIE:
+                return val
+    return None
+
+
+def session_may_read(method: str, path: str) -> bool:
+    return method in ("GET", "HEAD") and any(
+        path == p or path.startswith(p + "/") for p in SESSION_PATHS)
+
+
 MAX_BODY_BYTES = 4 * 2**20
 """Largest request body the API reads (a full metrics batch is well under 1 MiB)."""
 
@@ -99,7 +169,9 @@ async def _reply(send: Any, status: int, detail: str,
     body = json.dumps({"detail": detail}).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()), *extra]})
+                            (b"content-length", str(len(body)).encode()),
+                            (b"content-security-policy", b"default-src 'none'"),
+                            (b"cache-control", b"no-store"), *extra]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -111,14 +183,16 @@ class TokenMiddleware:
     """ASGI middleware: every ``/api/`` request needs the bearer token, else 401, checked
     before the body is read; a body larger than ``MAX_BODY_BYTES`` is refused with 413
     without being read whole. ``/metrics`` takes the token or ``metrics_token``; the metrics
-    token anywhere else is a 403."""
+    token anywhere else is a 403. A valid session cookie (``sessions``) stands for the token
+    on ``GET`` of ``SESSION_PATHS`` only; with any other method it is a 403."""
 
     def __init__(self, app: Any, token: str, max_body: int = MAX_BODY_BYTES, *,
-                 metrics_token: str | None = None) -> None:
+                 metrics_token: str | None = None, sessions: Sessions | None = None) -> None:
         self.app = app
         self.token = token
         self.max_body = max_body
         self.metrics_token = metrics_token
+        self.sessions = sessions
 
     async def _limited(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         for name, value in scope["headers"]:
@@ -162,6 +236,16 @@ class TokenMiddleware:
                              f"it can only read {METRICS_PATH}; the API needs the cluster token "
                              "(file `token` in the host's state dir)")
             return
+        if header is None and self.sessions is not None and not metrics:
+            if self.sessions.valid(session_cookie(scope["headers"])):
+                method = scope.get("method", "GET")
+                if session_may_read(method, path):
+                    await self._limited(scope, receive, send)
+                    return
+                if method not in ("GET", "HEAD"):
+                    await _reply(send, 403, "the dashboard's session only reads: changing "
+                                 "anything needs the token (Authorization: Bearer)")
+                    return
         if metrics:
             detail = (f"{'missing' if header is None else 'wrong'} token: {METRICS_PATH} takes "
                       f"the bearer token in the host's state dir, file `{METRICS_TOKEN_FILE}` "

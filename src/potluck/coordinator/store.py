@@ -194,6 +194,33 @@ class Store:
             (job_id, after),
         )
 
+    def log_after(self, after: int, limit: int) -> list[sqlite3.Row]:
+        """At most ``limit`` log lines with an id above ``after``, oldest first (the
+        dashboard's stream pages through these)."""
+        return self.query(
+            "SELECT events.*, nodes.name AS node FROM events LEFT JOIN nodes ON nodes.id = node_id "
+            "WHERE events.id > ? ORDER BY events.id LIMIT ?", (after, limit))
+
+    def log_tail(self, job_id: int | None, limit: int) -> list[sqlite3.Row]:
+        """The newest ``limit`` log lines (of one job, or of all), oldest first."""
+        where = "events.job_id = ?" if job_id is not None else "? IS NULL"
+        rows = self.query(
+            "SELECT events.*, nodes.name AS node FROM events LEFT JOIN nodes ON nodes.id = node_id "
+            f"WHERE {where} ORDER BY events.id DESC LIMIT ?", (job_id, limit))
+        return rows[::-1]
+
+    def last_event_id(self) -> int:
+        return int(self.query("SELECT COALESCE(MAX(id), 0) AS id FROM events")[0]["id"])
+
+    def job_markers(self, job_id: int, since: float, until: float) -> list[sqlite3.Row]:
+        """The log lines drawn on a job's charts: its own job and allocation lines, and node
+        lines (joined, left, lost, back) between ``since`` and ``until``."""
+        return self.query(
+            "SELECT events.*, nodes.name AS node FROM events LEFT JOIN nodes ON nodes.id = node_id "
+            "WHERE (events.job_id = ? AND kind IN ('job', 'allocation')) "
+            "OR (events.job_id IS NULL AND kind = 'node' AND t BETWEEN ? AND ?) ORDER BY events.id",
+            (job_id, since, until))
+
     # nodes ---------------------------------------------------------------------------------
 
     def nodes(self) -> list[sqlite3.Row]:
@@ -394,6 +421,16 @@ class Store:
         rows = self.query("SELECT record FROM metrics WHERE job_id=? AND type=? ORDER BY id",
                           (job_id, kind))
         return [r["record"] for r in rows]
+
+    def metrics_after(self, job_id: int, after: int, kinds: tuple[str, ...],
+                      limit: int) -> list[sqlite3.Row]:
+        """At most ``limit`` stored events of ``kinds`` for a job with a row id above
+        ``after``, in arrival order (``id``, ``node_id``, ``type``, ``record``)."""
+        marks = ",".join("?" * len(kinds))
+        # `+` keeps the (job_id, type) index out: a range of row ids reads only new rows.
+        return self.query(
+            f"SELECT id, node_id, type, record FROM metrics WHERE id > ? AND +job_id = ? "
+            f"AND +type IN ({marks}) ORDER BY id LIMIT ?", (after, job_id, *kinds, limit))
 
     # doctor link facts ---------------------------------------------------------------------
 
