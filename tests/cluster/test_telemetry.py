@@ -58,3 +58,24 @@ def test_a_replica_going_back_to_step_0_is_a_restart_that_is_counted_and_logged(
                for r in store.events(1))
     summary = telemetry.summarize(1, "succeeded")
     assert (summary.restarts, summary.steps_lost) == (1, 20)
+
+
+def test_going_on_from_a_checkpoint_is_a_restart_even_when_no_step_was_lost(tmp_path: Path) -> None:
+    """Every replica died right after the checkpoint of step 20 (the host saw step 20 last):
+    their first steps after loading it do not go back, but training restarted all the same.
+    A `--resume` job's first steps from a checkpoint are not a restart."""
+    store = Store(tmp_path / "potluck.db")
+    telemetry = Telemetry(store, tmp_path / "experiments")
+    a, b = {"id": 1, "name": "a"}, {"id": 2, "name": "b"}
+    for node in (a, b):
+        telemetry.ingest(node, 1, [step(i, 2000.0) for i in range(1, 21)])
+    for node in (a, b):
+        first = step(21, 2000.0)
+        first.resumed_from = 20
+        telemetry.ingest(node, 1, [first, step(22, 2000.0)])
+    progress = telemetry.progress[1]
+    assert (progress.restarts, progress.steps_lost, progress.step) == (1, 0, 22)
+    fresh = step(31, 2000.0)
+    fresh.resumed_from = 30
+    telemetry.ingest(a, 2, [fresh, step(32, 2000.0)])
+    assert telemetry.progress[2].restarts == 0

@@ -56,6 +56,9 @@ class StepEvent(_Event):
     allocation: Allocation | None = None
     samples_per_s: float | None = Field(default=None, ge=0)
     indices: list[Count] | None = Field(default=None, max_length=1 << 20)
+    resumed_from: Count | None = None
+    """Set on a replica's first committed step after it loaded a checkpoint: the step the
+    checkpoint was taken after (the host counts a restart when training went on from it)."""
 
 
 class AllocationEvent(_Event):

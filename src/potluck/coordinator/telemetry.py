@@ -131,10 +131,16 @@ class Telemetry:
     def _check_restart(self, progress: s.JobProgress, job_id: int, node_id: int, event: StepEvent) -> None:
         """A replica's committed steps only go forward (a rejoining replica heals from a peer
         and jumps ahead). One that goes back started over without a peer to heal from: every
-        replica was lost at once. Never hide it: count it, log it, reset the progress."""
+        replica was lost at once. So did one that went on from the checkpoint it loaded (no
+        peer to heal from), even when the host never saw a step past the checkpoint. Never
+        hide it: count it, log it, reset the progress."""
         last = self._node_step.get((job_id, node_id))
         self._node_step[(job_id, node_id)] = event.step
-        if last is None or event.step >= last:
+        if last is None:
+            return  # this replica's first step in the job (a fresh or a `--resume` job)
+        went_on_from_checkpoint = (event.resumed_from is not None
+                                   and event.step == event.resumed_from + 1)
+        if event.step >= last and not went_on_from_checkpoint:
             return
         # The other replicas of the same restart go back too: count it once.
         same = self._restarted_nodes.setdefault(job_id, set())
@@ -143,7 +149,7 @@ class Telemetry:
             return
         same.clear()
         same.add(node_id)
-        lost = progress.step + 1 - event.step
+        lost = max(0, progress.step + 1 - event.step)
         progress.restarts += 1
         progress.steps_lost += lost
         source = "the last checkpoint" if event.step > 0 else "scratch: no checkpoint yet"

@@ -404,6 +404,7 @@ class Replica:
             event.loss = finite(round(result.loss, 6)) if result.loss is not None else None
             event.allocation = {str(k): v for k, v in self.balancer.allocation.items()}
             event.samples_per_s = round(self.spec.job.global_batch / max(wall, 1e-9), 3)
+            event.resumed_from, self.resumed_from = self.resumed_from, None
             if self.sync.local_phase:  # no allocation: each replica's samples in this phase
                 event.allocation = {str(s): p.samples for s, p in result.peers.items()}
                 event.samples_per_s = round(sum(p.samples for p in result.peers.values())
