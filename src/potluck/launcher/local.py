@@ -50,7 +50,7 @@ class LocalCluster:
     def spec(self, slot: int, *, fail: bool = True) -> ReplicaSpec:
         return ReplicaSpec(
             job=self.job, slot=slot, name=self.name(slot), lighthouse=self.lighthouse_addr,
-            run_dir=str(self.run_dir), advertise_host=self.host, speed=self.speeds[slot],
+            run_dir=str(self.run_dir), advertise_host=self.advertise(slot), speed=self.speeds[slot],
             save_model=self.save_model if slot == 0 else None,
             memory_cap=self.memory_caps.get(slot),
             start_barrier=len(self.speeds), secret=self.secret,
@@ -58,6 +58,21 @@ class LocalCluster:
                             fail_at_step=self.fail_at.get(slot) if fail else None,
                             speed_changes=[(int(a), float(b)) for a, b in self.speed_changes.get(slot, [])]),
         )
+
+    def advertise(self, slot: int) -> str:
+        """The address replica ``slot`` listens on and advertises."""
+        del slot
+        return self.host
+
+    def prefix(self, slot: int) -> list[str]:
+        """The command replica ``slot`` is started through (none: directly)."""
+        del slot
+        return []
+
+    def _start_lighthouse(self) -> Any:
+        """The real Lighthouse on loopback; replicas reach it through the gRPC-only guard.
+        Returns an object with ``address()`` and ``shutdown()``."""
+        return GuardedLighthouse(start_lighthouse(loopback_for(self.host), 0), listen=(self.host, 0))
 
     @property
     def lighthouse_addr(self) -> str:
@@ -68,9 +83,7 @@ class LocalCluster:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "specs").mkdir(exist_ok=True)
         (self.run_dir / "replicas").mkdir(exist_ok=True)
-        # The real Lighthouse on loopback; replicas reach it through the gRPC-only guard.
-        self.lighthouse = GuardedLighthouse(start_lighthouse(loopback_for(self.host), 0),
-                                            listen=(self.host, 0))
+        self.lighthouse = self._start_lighthouse()
         for slot in range(len(self.speeds)):
             self._spawn(self.spec(slot))
 
@@ -79,7 +92,7 @@ class LocalCluster:
         write_spec(path, spec.to_json())
         self.procs[spec.slot] = spawn_replica(
             path, self.run_dir / "replicas" / f"{spec.name}.log",
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, prefix=self.prefix(spec.slot),
         )
 
     def kill(self, slot: int) -> None:

@@ -31,11 +31,15 @@ def write_spec(path: Path, text: str) -> None:
     os.chmod(path, 0o600)  # an existing file keeps its old mode through O_CREAT
 
 
-def spawn_replica(spec_path: Path, log_path: Path, *, env: dict[str, str]) -> subprocess.Popen:
-    """``python -m potluck.trainer.replica SPEC`` with stdout and stderr appended to ``log_path``."""
+def spawn_replica(spec_path: Path, log_path: Path, *, env: dict[str, str],
+                  prefix: list[str] | None = None) -> subprocess.Popen:
+    """``python -m potluck.trainer.replica SPEC`` with stdout and stderr appended to ``log_path``.
+
+    ``prefix`` runs it through a command that execs it (``ip netns exec NS``: the process is
+    still the replica, so signals and the parent-death signal reach it)."""
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", REPLICA_MODULE, str(spec_path)],
+            [*(prefix or []), sys.executable, "-m", REPLICA_MODULE, str(spec_path)],
             env=env, stdout=log, stderr=subprocess.STDOUT,
             preexec_fn=_detach_and_die_with_parent,
         )

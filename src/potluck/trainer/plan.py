@@ -5,9 +5,12 @@ The time one sync takes (a ring all-reduce; docs/sync.md derives it)::
     T_sync = 2 (N - 1) / N * bytes / (efficiency * bandwidth) + rounds * RTT + codec time
 
 with ``bytes`` the values on the wire times their width (:data:`~potluck.trainer.codec.WIRE_BYTES`),
-``bandwidth`` the slowest member's link in bytes/s and ``efficiency`` what gloo reaches of the
-wire speed (0.85; 0.80-0.92 measured over a 20 Mbit/s link). An int8 all-gather moves
-``(N - 1) / N * N`` contributions instead of a ring's ``2 (N - 1) / N``.
+``bandwidth`` the slowest member's link in bytes/s and ``efficiency`` what gloo's ring
+all-reduce reaches of the wire speed (0.85: 0.85-0.93 measured over 20 Mbit/s links, where
+plain TCP reaches 0.95). An int8 all-gather sends ``N - 1`` whole contributions instead of a
+ring's ``2 (N - 1) / N``, and between two members it reaches only :data:`PAIR_ALLGATHER` of
+the all-reduce's efficiency. tests/cluster/test_slow_link.py measures every wire at 2 and 3
+members over 20 Mbit/s links and holds the model to +-35% (measured: within 15%).
 
 ``auto`` takes the first mode whose predicted compute fraction reaches the target:
 
@@ -27,12 +30,22 @@ from dataclasses import asdict, dataclass
 from potluck.trainer.codec import WIRE_BYTES
 
 EFFICIENCY = 0.85
+PAIR_ALLGATHER = 0.74
+"""gloo's all-gather between exactly two members, relative to :data:`EFFICIENCY` (0.63 of the
+link). Both directions share one connection, and each half-buffer chunk waits for the peer's
+receive-ready message, which queues behind the peer's own data in a deep uplink buffer:
+measured 12.6 of 20 Mbit/s (0.75 and 3 MB), against 17-18.6 for the ring all-reduce of the same
+bytes and 18.5 for an all-gather among three (separate connections to each side). Without
+this factor the measured int8 sync at 2 members was 1.32-1.36x the model's (0.50 s against
+0.37 s for 750,000 values)."""
 ROUNDS = 4
 """Latency-bound rounds per sync (the quorum, the all-reduce's handshakes, the commit vote)."""
-MIN_STEP_S = 0.05
+MIN_STEP_S = 0.1
 """Steps shorter than this count as this long: every mode pays the quorum and the commit vote
 (6-13 ms per step on loopback, docs/benchmarks.md) and the probe's small all-reduce includes
-gloo's own overhead, so a tiny model on a fast link is not a reason to leave the exact mode."""
+gloo's own overhead (up to 8 ms on a loaded 2-core box, where 50 ms put a tiny model on
+loopback at the 85% target's edge), so a tiny model on a fast link is not a reason to leave
+the exact mode."""
 MIN_PHASE_S = 2.0
 MAX_PHASE_S = 600.0
 CODEC_S_PER_VALUE = {"fp32": 0.0, "bf16": 1e-9, "int8": 6e-9}
@@ -53,7 +66,11 @@ def sync_seconds(n: int, values: int, wire: str, link: Link, *, efficiency: floa
     if n <= 1:
         return CODEC_S_PER_VALUE[wire] * values
     bytes_ = values * WIRE_BYTES[wire]
-    factor = (n - 1) if wire == "int8" else 2 * (n - 1) / n
+    if wire == "int8":  # an all-gather: every other member's whole contribution arrives
+        factor = float(n - 1)
+        efficiency *= PAIR_ALLGATHER if n == 2 else 1.0
+    else:  # a ring all-reduce: reduce-scatter, then all-gather of the reduced chunks
+        factor = 2 * (n - 1) / n
     transfer = factor * bytes_ * 8 / (efficiency * link.bandwidth_bps)
     return transfer + ROUNDS * link.rtt_s + CODEC_S_PER_VALUE[wire] * values * n
 
@@ -135,5 +152,7 @@ def probe_link(manager: object, slot: int, slots: int, step_s: float, repeats: i
     n = max(2, len(members))
     small, big, slowest = (float(members[:, i].max()) for i in (1, 2, 3))
     moved = 2 * (n - 1) / n * (PROBE_VALUES[1] - PROBE_VALUES[0]) * 4 * 8  # bits per member
-    bandwidth = moved / max(big - small, 1e-6) / EFFICIENCY
+    # On a fast link both probes take about gloo's fixed cost and their difference is timing
+    # noise (it printed 9859313 Mbit/s for a veth): trust it down to a tenth of the big probe.
+    bandwidth = moved / max(big - small, big / 10, 1e-6) / EFFICIENCY
     return Link(bandwidth_bps=bandwidth, rtt_s=max(small, 1e-5) / ROUNDS), slowest
