@@ -8,6 +8,13 @@ import subprocess
 
 import pytest
 
+# `PYTHONPATH=src pytest` from a second worktree: the processes the tests start (hosts, agents
+# and the replicas agents start in their run folders) resolve a relative entry against their
+# own working directory and would silently import another checkout. Make it absolute.
+if os.environ.get("PYTHONPATH"):
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        os.path.abspath(p) for p in os.environ["PYTHONPATH"].split(os.pathsep) if p)
+
 _LEAKY_VARS = (
     "POTLUCK_HOST", "POTLUCK_TOKEN", "POTLUCK_LOG_LEVEL", "MASTER_ADDR",
     "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHFT_LIGHTHOUSE",
