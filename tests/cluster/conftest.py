@@ -29,6 +29,11 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name, raising=False)
 
 
+def _plain(model: Any) -> Any:
+    """A message as the CLI's ``--json`` prints it (JSON types only)."""
+    return json.loads(json.dumps(model.model_dump(), default=str))
+
+
 @dataclass
 class Proc:
     name: str
@@ -123,7 +128,25 @@ class Cluster:
         return json.loads(out.stdout)
 
     def nodes(self, prefix: list[str] | None = None) -> dict[str, dict[str, Any]]:
-        return {n["name"]: n for n in self.json("status", prefix=prefix)}
+        """The host's nodes (``status --json`` less the doctor's links)."""
+        if self.prefix or prefix:  # only a process in the namespace reaches the host
+            return {n["name"]: n for n in self.json("status", prefix=prefix)}
+        return {n.name: _plain(n) for n in self.api().nodes()}
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """The host's jobs, as ``potluck jobs --json`` prints them."""
+        if self.prefix:
+            return self.json("jobs")
+        return [_plain(j) for j in self.api().jobs()]
+
+    def api(self) -> Any:
+        """A client of the host in ``host_dir`` (the project's HTTP client, real requests).
+        Waiting loops poll through it: a CLI process per poll would keep a core busy."""
+        from potluck.contracts.client import CoordinatorClient
+
+        assert self.host_dir is not None
+        url = json.loads((self.host_dir / "host.json").read_text())["url"]
+        return CoordinatorClient(url, (self.host_dir / "token").read_text().strip())
 
     def stop(self, proc: Proc, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         if proc.alive():

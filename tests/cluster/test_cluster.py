@@ -28,7 +28,7 @@ def job_yaml(cluster: Cluster, **fields: Any) -> str:
 
 
 def job(cluster: Cluster, job_id: int) -> dict[str, Any]:
-    return next(j for j in cluster.json("jobs") if j["id"] == job_id)
+    return next(j for j in cluster.jobs() if j["id"] == job_id)
 
 
 def test_three_nodes_with_mixed_speeds_train_digits(cluster: Cluster) -> None:
@@ -139,7 +139,7 @@ def test_ctrl_c_in_train_offers_to_cancel_the_job(cluster: Cluster) -> None:
         stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=cluster.env(),
     )
     try:
-        wait_until(lambda: (j := cluster.json("jobs")) and j[0]["progress"]["step"] >= 3, 90, "training to start")
+        wait_until(lambda: (j := cluster.jobs()) and j[0]["progress"]["step"] >= 3, 90, "training to start")
         train.send_signal(signal.SIGINT)
         assert train.stdin is not None
         train.stdin.write(b"y\n")

@@ -125,7 +125,9 @@ def test_host_killed_hard_keeps_its_old_local_agent_instead_of_a_second_one(clus
     host, args = host_with_local_agent(cluster)
     old_agent = local_agents(cluster.host_dir)
     assert len(old_agent) == 1
-    job_id = submit(cluster, 120)
+    # Long enough that b's replica, which may time out while the Lighthouse is away and be
+    # restarted, is back before hostbox, training alone meanwhile, is done.
+    job_id = submit(cluster, 300)
 
     cluster.stop(host["proc"], signal.SIGKILL)
     again = cluster.start_host("127.0.0.2", *args, name="host-again", local_agent=True)
