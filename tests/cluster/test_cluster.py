@@ -128,6 +128,42 @@ def test_killed_agent_is_lost_then_rejoins_the_running_job(cluster: Cluster) -> 
     assert missing.returncode == 1 and "no job 999" in missing.stderr
 
 
+def test_forgetting_a_lost_node_ends_its_orphan_job_and_frees_its_name(cluster: Cluster) -> None:
+    """The only node vanishes mid-job: `potluck forget` removes it, the job stops waiting for
+    it (the queued job is next), and the machine joins again under its name and slot."""
+    host = cluster.start_host("127.0.0.2")
+    b = cluster.start_agent(host, "b", "127.0.0.3", 1.0)
+    wait_until(lambda: "b" in cluster.nodes(), 60, "b to join")
+    long = cluster.cli("train", *JOB, "--steps", "5000", "--config", job_yaml(cluster), "--detach", "--json")
+    long_id = json.loads(long.stdout)["job_id"]
+    short = cluster.cli("train", *JOB, "--steps", "5", "--config", job_yaml(cluster), "--detach", "--json")
+    short_id = json.loads(short.stdout)["job_id"]
+    wait_until(lambda: job(cluster, long_id)["progress"]["step"] >= 1, 90, "the first job to train")
+    cluster.stop(b, signal.SIGKILL)
+    wait_until(lambda: cluster.nodes()["b"]["state"] == "lost", 30, "b to be marked lost")
+
+    usage, unknown = cluster.cli("forget"), cluster.cli("forget", "nobody")
+    assert usage.returncode == 2 and "--away" in usage.stderr, usage.stderr
+    assert unknown.returncode == 1 and "no node named 'nobody'" in unknown.stderr, unknown.stderr
+    out = cluster.cli("forget", "--away", "--json")
+    assert out.returncode == 0, out.stderr
+    assert [(n["name"], n["state"]) for n in json.loads(out.stdout)] == [("b", "forgotten")]
+    assert cluster.nodes() == {}
+    final = wait_until(lambda: (j := job(cluster, long_id))["state"] != "running" and j, 60,
+                       "the orphaned job to end")
+    assert final["state"] == "failed" and "every node left, failed or was forgotten" in final["message"]
+    assert "b was forgotten" in cluster.cli("logs", str(long_id)).stdout
+
+    cluster.start_agent(host, "b", "127.0.0.3", 1.0)  # same machine: a new node, same name
+    wait_until(lambda: "b" in cluster.nodes(), 60, "b to join again")
+    assert cluster.nodes()["b"]["slot"] == 0
+    done = wait_until(lambda: (j := job(cluster, short_id))["state"] in ("succeeded", "failed") and j,
+                      120, "the queued job to run")
+    assert done["state"] == "succeeded", done
+    alive = cluster.cli("forget", "b")
+    assert alive.returncode == 1 and "node b is alive" in alive.stderr, alive.stderr
+
+
 def test_ctrl_c_in_train_offers_to_cancel_the_job(cluster: Cluster) -> None:
     host = cluster.start_host("127.0.0.2")
     agent = cluster.start_agent(host, "b", "127.0.0.3", 1.0)

@@ -260,3 +260,26 @@ def test_tailscale_like_vpn_wins_over_the_lan_without_flags(cluster: Cluster, ne
     wait_until(lambda: "f" in cluster.nodes(prefix=netns(host_ns)), 60, "the friend to join")
     node = cluster.nodes(prefix=netns(host_ns))["f"]
     assert (node["address"], node["interface"]) == (f"{vpn}.2", "tailscale0")
+
+
+def test_joining_a_vpn_host_with_the_vpn_down_says_the_vpn_is_down(cluster: Cluster, net: Net) -> None:
+    """A friend whose Tailscale is down joins the host's 100.x address: the error names the
+    VPN (and how to bring it up), not only a firewall; with no route at all, the same."""
+    friend = net.ns("v")
+    lan = f"192.168.{random.randrange(10, 250)}"
+    # A LAN whose gateway never answers: like a home router asked for 100.64.0.0/10.
+    decoy(friend, "eth0", f"{lan}.2/24")
+    ip("route", "add", "default", "via", f"{lan}.1", ns=friend)
+    target = f"100.{random.randrange(64, 127)}.{random.randrange(1, 250)}.1:7077"
+    args = ("join", "--yes", target, "--state-dir", str(cluster.tmp / "agent-v"))
+    out = cluster.run(*args, prefix=netns(friend), POTLUCK_TOKEN="t" * 16)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode != 0 and len(lines) == 1, out.stderr
+    assert "is the VPN up on this machine?" in lines[0] and f"via eth0 ({lan}.2)" in lines[0], lines
+    assert "tailscale up" in lines[0]
+
+    ip("route", "del", "default", ns=friend)
+    out = cluster.run(*args, prefix=netns(friend), POTLUCK_TOKEN="t" * 16)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode != 0 and len(lines) == 1, out.stderr
+    assert "has no route to it: is the VPN up on this machine?" in lines[0], lines

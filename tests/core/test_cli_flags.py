@@ -24,6 +24,7 @@ EXPECTED: dict[str, list[str]] = {
     "doctor": ["--advertise", "--cluster", "--experiments-dir", "--json", "--name", "--state-dir",
                "--token", "HOST"],
     "dashboard": ["--state-dir"],
+    "forget": sorted(CLUSTER + ["--away", "NAMES"]),
     "grafana-dashboard": ["PATH"],
     "host": ["--advertise", "--allow-public", "--emulate-speed", "--json", "--lighthouse-port",
              "--name", "--no-local-agent", "--port", "--show-ports", "--state-dir", "--token"],

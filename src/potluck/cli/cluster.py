@@ -33,6 +33,7 @@ from potluck.contracts.errors import (
     ConfigError,
     HostUnreachableError,
     MissingTokenError,
+    NetworkConfigError,
     TrainingError,
     VersionMismatchError,
 )
@@ -278,7 +279,11 @@ def join(
         check_speed(speed)
     addr, port = net.split_host_port(host_addr, DEFAULT_PORT)
     interfaces = net.list_interfaces()
-    choice = net.agent_address(addr, interfaces, override=advertise, allow_public=allow_public)
+    try:
+        choice = net.agent_address(addr, interfaces, override=advertise, allow_public=allow_public)
+    except NetworkConfigError as exc:
+        hint = None if advertise else net.vpn_down_hint(addr, None)
+        raise (NetworkConfigError(hint) if hint else exc) from exc
     root = state_dir or default_data_dir() / "agent"
     if not builtin_only:
         confirm_trust(root, f"{addr}:{port}", yes)
@@ -309,6 +314,11 @@ def join(
     except VersionMismatchError as exc:
         err.print(view.versions_table(exc.diffs))
         raise
+    except HostUnreachableError as exc:
+        hint = net.vpn_down_hint(addr, choice)
+        if hint is None:
+            raise
+        raise HostUnreachableError(f"cannot reach the host: {hint} (the connection: {exc})") from exc
     finally:
         if len(joined) < len(agents):
             for agent in agents[: len(joined)]:
@@ -417,6 +427,31 @@ def cancel(
         _print_json(job.model_dump())
     else:
         console.print(f"job {job.id} ({job.name}) {job.state}", markup=False)
+
+
+def forget(
+    names: list[str] = typer.Argument(None, metavar="[NODE]...", help="Names of nodes that are away (see `potluck status`)."),
+    away: bool = typer.Option(False, "--away", help="Forget every node that is lost or has left."),
+    host_url: str | None = typer.Option(None, "--host", envvar="POTLUCK_HOST", help=HOST_HELP),
+    token: str | None = typer.Option(None, "--token", envvar="POTLUCK_TOKEN", help=TOKEN_HELP),
+    state_dir: Path | None = typer.Option(None, "--state-dir", envvar="POTLUCK_STATE_DIR", help=STATE_DIR_HELP.format(what="host")),
+    json_out: bool = typer.Option(False, "--json", help="Print the forgotten nodes as JSON."),
+) -> None:
+    """Forget nodes that are away: they leave `potluck status`, the running job stops waiting
+    for them, and their names and slots are free. A forgotten machine can join again."""
+    if not names and not away:
+        raise ConfigError("name the nodes to forget (see `potluck status`), or pass --away for "
+                          "every node that is lost or has left")
+    client = _connect(host_url, token, state_dir)
+    if away:
+        names = [*(names or []), *(n.name for n in client.nodes() if n.state != "alive")]
+    forgotten = [client.forget(name) for name in dict.fromkeys(names)]
+    if json_out:
+        _print_json([n.model_dump() for n in forgotten])
+    elif not forgotten:
+        console.print("no node is away: nothing to forget")
+    for node in [] if json_out else forgotten:
+        console.print(f"forgot {node.name} (slot {node.slot} is free)", markup=False)
 
 
 # train ----------------------------------------------------------------------------------------
@@ -628,5 +663,5 @@ def pull(
 
 def register(app: typer.Typer) -> None:
     """Add the cluster commands to the ``potluck`` CLI."""
-    for command in (host, join, status, train, jobs, logs, cancel, pull):
+    for command in (host, join, status, train, jobs, logs, cancel, forget, pull):
         app.command(command.__name__)(command)

@@ -146,6 +146,10 @@ class CoordinatorClient:
     def job(self, job_id: int) -> s.JobInfo:
         return s.JobInfo(**self._call("GET", f"/api/v1/jobs/{job_id}"))
 
+    def forget(self, name: str) -> s.NodeInfo:
+        """Forget a node that is away (lost or left)."""
+        return s.NodeInfo(**self._call("POST", f"/api/v1/nodes/by-name/{name}/forget"))
+
     def cancel(self, job_id: int) -> s.JobInfo:
         return s.JobInfo(**self._call("POST", f"/api/v1/jobs/{job_id}/cancel"))
 

@@ -25,10 +25,12 @@ from potluck.contracts.jobspec import JobSpec
 
 API_VERSION = 1
 
-NodeState = Literal["alive", "lost", "left"]
+NodeState = Literal["alive", "lost", "left", "forgotten"]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ReplicaState = Literal["assigned", "starting", "running", "done", "failed", "lost", "stopped"]
 FINISHED_JOB_STATES = ("succeeded", "failed", "cancelled")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+"""A node's name: what `--name` accepts."""
 
 
 MAX_WIRE_INT = 2**62
@@ -87,7 +89,7 @@ class Hardware(Strict):
 class RegisterRequest(Strict):
     """An agent joining (or re-joining) the cluster."""
 
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field(min_length=1, max_length=64, pattern=NAME_PATTERN)
     node_key: str = Field(
         min_length=16, max_length=128, description="random id the agent keeps across restarts"
     )

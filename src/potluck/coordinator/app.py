@@ -143,6 +143,10 @@ def create_app(coordinator: Coordinator, token: str, *, metrics_token: str | Non
         coordinator.leave(node_id, node)
         return {"status": "left"}
 
+    @api.post("/api/v1/nodes/by-name/{name}/forget")
+    async def forget(name: Annotated[str, Path(max_length=64, pattern=s.NAME_PATTERN)]) -> s.NodeInfo:
+        return coordinator.forget(name)
+
     @api.post("/api/v1/nodes/{node_id}/jobs/{job_id}/metrics")
     async def metrics(node_id: Id, job_id: Id, req: s.MetricsRequest, node: NodeCredential = None) -> dict[str, int]:
         return {"stored": coordinator.metrics(node_id, job_id, req, node)}

@@ -35,6 +35,8 @@ BARRIER_TIMEOUT_S = 90.0
 """The first step starts when every first replica is ready, or after this long anyway."""
 ORPHAN_TIMEOUT_S = 120.0
 """A running job with no active replica for this long fails (every node lost for good)."""
+ORPHAN_GRACE_S = 20.0
+"""... or for this long when none of its nodes is lost (they left, failed or were forgotten)."""
 
 
 def job_spec_from(raw: object) -> JobSpec:
@@ -290,5 +292,13 @@ class Jobs:
             reasons = "; ".join(f"{r['node']}: {r['message'] or 'exit ' + str(r['exit_code'])}"
                                 for r in replicas)
             self.finish(job_id, "failed", f"every replica failed ({reasons})")
-        elif now - self._no_active_since.setdefault(job_id, now) > ORPHAN_TIMEOUT_S:
-            self.finish(job_id, "failed", "no replica left running (all nodes lost or failed)")
+        else:
+            # Lost nodes may come back (a crash, a dropped link): wait for them. Nodes that
+            # left, failed or were forgotten are not waited for beyond a short grace, in which
+            # a restarted host's own agent rejoins: the queue moves on.
+            lost = any(r["state"] == "lost" for r in replicas)
+            waited = now - self._no_active_since.setdefault(job_id, now)
+            if waited > (ORPHAN_TIMEOUT_S if lost else ORPHAN_GRACE_S):
+                self.finish(job_id, "failed", "no replica left running (all nodes lost or failed)"
+                            if lost else "no replica left running: every node left, failed or "
+                            "was forgotten")

@@ -16,7 +16,7 @@ from collections.abc import Collection
 from typing import Any
 
 from potluck.contracts import wire as s
-from potluck.contracts.errors import NodeAuthError, NotFoundError
+from potluck.contracts.errors import ConflictError, NodeAuthError, NotFoundError
 from potluck.contracts.versions import require_same_versions
 from potluck.coordinator.config import CoordinatorConfig
 from potluck.coordinator.store import Store, dumps, loads
@@ -87,6 +87,23 @@ class Membership:
         self.store.set_node_state(node_id, "left", f"{node['name']} left the cluster",
                                   end_replicas=("stopped", "node left the cluster"))
         self.resources.pop(node_id, None)
+
+    def forget(self, name: str) -> Any:
+        """Forget the node called ``name`` (see Store.forget_node); returns its row as it was.
+        Raises NotFoundError for no such node, ConflictError for one that is alive."""
+        row = next((r for r in self.store.nodes() if r["name"] == name), None)
+        if row is None:
+            raise NotFoundError(f"no node named {name!r}: `potluck status` lists the nodes")
+        if row["state"] == "alive":
+            raise ConflictError(f"node {name} is alive: stop its agent first (Ctrl-C on that "
+                                "machine), then forget it")
+        self.store.forget_node(row["id"])
+        for cache in (self.last_seen, self._credentials, self.resources):
+            cache.pop(row["id"], None)
+        self._dirty.discard(row["id"])
+        self._silent_but_training.discard(row["id"])
+        log.info("node %s forgotten", name)
+        return row
 
     def touch(self, node_id: int, resources: s.NodeTelemetry | None = None) -> Any:
         """A heartbeat arrived (with the node's ``resources``, if it sampled them). Returns the

@@ -71,6 +71,11 @@ class Coordinator:
         self.membership.authenticate(node_id, credential)
         self.membership.leave(node_id)
 
+    def forget(self, name: str) -> s.NodeInfo:
+        """Forget a node that is away (the user's call, with the cluster token)."""
+        row = self.membership.forget(name)
+        return self.membership.info(row, None).model_copy(update={"state": "forgotten"})
+
     def heartbeat(self, node_id: int, req: s.HeartbeatRequest, credential: str | None) -> s.HeartbeatResponse:
         self.membership.authenticate(node_id, credential)
         node = self.membership.touch(node_id, req.telemetry)

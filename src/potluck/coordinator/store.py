@@ -224,7 +224,8 @@ class Store:
     # nodes ---------------------------------------------------------------------------------
 
     def nodes(self) -> list[sqlite3.Row]:
-        return self.query("SELECT * FROM nodes ORDER BY id")
+        """The cluster's nodes (not those forgotten: their rows stay for the jobs' history)."""
+        return self.query("SELECT * FROM nodes WHERE state != 'forgotten' ORDER BY id")
 
     def node(self, node_id: int) -> sqlite3.Row | None:
         rows = self.query("SELECT * FROM nodes WHERE id = ?", (node_id,))
@@ -283,6 +284,27 @@ class Store:
             self.add_event(conn, "node", message, node_id=node_id)
             if end_replicas is not None:
                 self._end_active_replicas(conn, node_id, *end_replicas)
+
+    def forget_node(self, node_id: int) -> None:
+        """Forget a node that is away: its replicas of unfinished jobs stop, its name and slot
+        are free for others, its credential and key no longer work (the machine joins again
+        as a new node). The row stays, renamed, so finished jobs still show who trained."""
+        with self.tx() as conn:
+            row = conn.execute("SELECT name FROM nodes WHERE id=?", (node_id,)).fetchone()
+            why = f"{row['name']} was forgotten"
+            rows = conn.execute(
+                "SELECT job_id FROM replicas WHERE node_id=? AND state NOT IN "
+                "('done','failed','stopped')", (node_id,)).fetchall()
+            for r in rows:
+                conn.execute("UPDATE replicas SET state='stopped', message=?, updated_at=? "
+                             "WHERE job_id=? AND node_id=?", (why, time.time(), r["job_id"], node_id))
+                self.add_event(conn, "replica", f"replica stopped: {why}", job_id=r["job_id"],
+                               node_id=node_id)
+            conn.execute(
+                "UPDATE nodes SET state='forgotten', slot=?, name=?, node_key=?, credential=NULL "
+                "WHERE id=?", (-node_id, f"{row['name'][:40]}.forgotten-{node_id}",
+                               f"forgotten-{node_id}", node_id))
+            self.add_event(conn, "node", why, node_id=node_id)
 
     def save_node_liveness(self, heartbeats: dict[int, float], measured: dict[int, float]) -> None:
         """Flush heartbeat times and measured samples/s kept in memory by the coordinator."""

@@ -75,7 +75,7 @@ def check_address(
                 default_interface=addr.default_route_interface(),
             )
     except NetworkConfigError as exc:
-        vpn_host = host is not None and _is_vpn_address(host)
+        vpn_host = host is not None and addr.is_vpn_address(host)
         return Check(
             id="address",
             node=node,
@@ -109,7 +109,7 @@ def check_address(
             f"data plane would use loopback {where}: other machines cannot reach it",
             Fix(all="join with the host's LAN or VPN address, not a name that resolves to this machine"),
         )
-    if host and _is_vpn_address(host) and choice.kind is not addr.AddressKind.VPN:
+    if host and addr.is_vpn_address(host) and choice.kind is not addr.AddressKind.VPN:
         return found(
             Status.FAIL,
             f"the host {host} is a VPN address but this node would use {where}: is the VPN "
@@ -145,14 +145,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(addr.resolve(host)).is_loopback
     except (NetworkConfigError, ValueError):
         return False
-
-
-def _is_vpn_address(host: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(addr.resolve(host))
-    except (NetworkConfigError, ValueError):
-        return False
-    return any(ip in net for net in addr.VPN_NETWORKS if net.version == ip.version)
 
 
 def _unbindable(address: str) -> str | None:

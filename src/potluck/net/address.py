@@ -330,6 +330,28 @@ def choose_advertise(
     )
 
 
+def is_vpn_address(host: str) -> bool:
+    """``host`` (a name or an address) is in a VPN range such as Tailscale's 100.64.0.0/10."""
+    try:
+        ip = ipaddress.ip_address(resolve(host))
+    except (NetworkConfigError, ValueError):
+        return False
+    return any(ip in net for net in VPN_NETWORKS if net.version == ip.version)
+
+
+def vpn_down_hint(host: str, choice: AddressChoice | None) -> str | None:
+    """What to say when ``host`` cannot be reached and it is a VPN address that this machine
+    would not reach over a VPN (``choice`` is the address it would use, None: no route at all):
+    the VPN is down here, whatever a firewall does. None when that is not the case."""
+    if not is_vpn_address(host) or (choice is not None and choice.kind is AddressKind.VPN):
+        return None
+    route = ("this machine has no route to it" if choice is None else
+             f"the route to it from here goes via {choice.interface or '?'} ({choice.address}), "
+             "not a VPN")
+    return (f"{host} is a VPN address but {route}: is the VPN up on this machine? "
+            "(`sudo tailscale up`, `wg-quick up wg0`; `potluck doctor --host HOST` checks it)")
+
+
 def agent_address(
     host: str,
     interfaces: list[Interface],
