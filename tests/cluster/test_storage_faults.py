@@ -25,7 +25,7 @@ from potluck.coordinator.store import Store
 HOST = ("host", "--advertise", "127.0.0.2", "--port", "0", "--lighthouse-port", "0", "--no-local-agent")
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+@pytest.mark.parametrize("damage", ["garbage", "zeroed page", "cut short"])
 def test_a_damaged_database_stops_the_host_with_one_line_and_is_left_alone(cluster: Cluster, damage: str) -> None:
     state = cluster.tmp / "host-state"
     state.mkdir()
@@ -40,7 +40,10 @@ def test_a_damaged_database_stops_the_host_with_one_line_and_is_left_alone(clust
         with sqlite3.connect(db) as conn:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         data = db.read_bytes()
-        db.write_bytes(data[: len(data) // 2] + b"\0" * 4096 + data[len(data) // 2 + 4096:])
+        if damage == "cut short":  # a copy or a write that stopped part way
+            db.write_bytes(data[: len(data) // 2])
+        else:
+            db.write_bytes(data[: len(data) // 2] + b"\0" * 4096 + data[len(data) // 2 + 4096:])
     before = db.read_bytes()
     out = cluster.run(*HOST, "--state-dir", str(state), timeout=60)
     assert out.returncode == 1, out.stderr
@@ -100,3 +103,14 @@ def test_a_full_disk_answers_503_with_the_reason_and_the_host_recovers(cluster: 
     assert agent.log.read_text().count("host error") <= 1  # heartbeats need no write: quiet
     jobs = json.loads(cluster.cli("jobs", "--json").stdout)
     assert jobs == []  # nothing half-written by the refused submissions
+
+
+def test_a_host_started_on_a_full_disk_says_so_in_one_line_and_leaves_nothing(cluster: Cluster, small_disk: Path) -> None:
+    filler = fill(small_disk)
+    state = small_disk / "host"
+    out = cluster.run(*HOST, "--state-dir", str(state), timeout=60)
+    assert out.returncode == 1, out.stderr
+    line = one_error_line(out)
+    assert f"the disk holding {state} is full" in line and "--state-dir" in line
+    assert sorted(p.name for p in state.iterdir()) == []  # no stray token or probe file
+    filler.unlink()

@@ -499,3 +499,23 @@ class LinkFact(Strict):
 
 class HostTime(Strict):
     time: float
+
+
+# errors -------------------------------------------------------------------------------------
+
+
+class VersionDiffMsg(Strict):
+    """One component whose version differs between a node and the host."""
+
+    component: str
+    host: str
+    node: str
+    fix: str
+
+
+class ApiError(Strict):
+    """Every error answer of the API (4xx, 503): ``detail`` is one line saying what happened
+    and the fix; a version mismatch (409) adds ``diffs``, one per differing component."""
+
+    detail: str
+    diffs: list[VersionDiffMsg] | None = None

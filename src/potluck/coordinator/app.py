@@ -68,6 +68,21 @@ def _sha256(path: Any) -> str:
     return _sha256_of(str(path), st.st_mtime_ns, st.st_size)
 
 
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": s.ApiError, "description": what}
+    for status, what in (
+        (401, "missing or wrong token"),
+        (403, "the node credential is not this node's"),
+        (404, "no such node, job or doctor round"),
+        (409, "the request clashes with the cluster's state (a version mismatch adds diffs)"),
+        (413, "request body too large"),
+        (422, "malformed request: the detail names the field"),
+        (503, "the host's database cannot be used now (disk full, I/O error): the detail says why"),
+    )
+}
+"""Every error status of the API, in the served schema; all share one shape, ApiError."""
+
+
 def create_app(coordinator: Coordinator, token: str, *, metrics_token: str | None = None,
                tick_s: float = 1.0, routers: Sequence[Router] = ()) -> Any:
     """The ASGI app (FastAPI wrapped in the token middleware), with the housekeeping task.
@@ -94,7 +109,8 @@ def create_app(coordinator: Coordinator, token: str, *, metrics_token: str | Non
         task.cancel()
         warm.cancel()
 
-    api = FastAPI(title="potluck coordinator", lifespan=lifespan, docs_url=None, redoc_url=None)
+    api = FastAPI(title="potluck coordinator", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  responses=ERROR_RESPONSES)
 
     @api.exception_handler(PotluckError)
     async def _api_error(_: Request, exc: PotluckError) -> JSONResponse:

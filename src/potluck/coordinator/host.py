@@ -18,6 +18,7 @@ State dir layout::
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import ipaddress
 import json
@@ -34,7 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from potluck.contracts.errors import ExperimentDirError, PortInUseError
+from potluck.contracts.errors import ExperimentDirError, PortInUseError, StorageError
 from potluck.contracts.wire import Versions
 from potluck.coordinator.auth import write_private
 from potluck.coordinator.lighthouse import Lighthouse, LighthouseSettings, check_port_free
@@ -95,13 +96,20 @@ class HostConfig:
 
 
 def prepare_state_dir(path: Path) -> Path:
-    """Create the state dir (0700). Raises ExperimentDirError if it cannot be written."""
+    """Create the state dir (0700). Raises ExperimentDirError if it cannot be written, and
+    StorageError if its disk is full (the probe writes a few pages, as the database will)."""
+    probe = path / ".write-test"
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        probe = path / ".write-test"
-        probe.write_text("")
+        probe.write_bytes(b"\0" * 65536)
         probe.unlink()
     except OSError as exc:
+        probe.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageError(
+                f"the disk holding {path} is full ({exc.strerror}): free space there, or pass "
+                "--state-dir on another disk"
+            ) from exc
         raise ExperimentDirError(
             f"state dir {path} is not writable ({exc.strerror}): pass --state-dir with a "
             "directory you own"
