@@ -37,8 +37,9 @@ browser:
 		echo "      install it with: sudo apt-get install chromium"; \
 	fi
 
+# Two workers (CI has 2 cores); worksteal keeps both busy while the long cluster tests run.
 test: install-dev browser
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=15
 
 lint: install-dev
 	$(VENV)/bin/ruff check src tests benchmarks

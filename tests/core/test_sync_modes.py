@@ -29,6 +29,9 @@ def test_the_cost_model_and_auto_choose_by_link() -> None:
     assert slow.mode == "diloco" and slow.wire == "int8" and slow.predicted_fraction >= 0.85
     assert "allreduce would compute 2% of the time" in slow.reason  # 0.3 / (0.3 + 12.7 s)
     assert "diloco-int8 with" in slow.reason
+    # just under the target, where nothing approximate is much faster: stay exact
+    near = choose(n=2, values=100_000, step_s=0.1, link=Link(bandwidth_bps=20e9, rtt_s=5e-3))
+    assert near.mode == "allreduce" and "1.25x as fast" in near.reason, near
     exact = choose(n=3, values=values, step_s=0.3, link=home, exact=True)
     assert exact.mode == "allreduce" and "--exact" in exact.reason
     with pytest.raises(ConfigError, match="forbids the approximate strategy 'diloco'"):

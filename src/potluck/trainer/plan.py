@@ -97,6 +97,12 @@ class Plan:
         return asdict(self)
 
 
+MIN_GAIN = 1.25
+"""``auto`` gives up exactness only for a real gain: an approximate mode must be predicted at
+least this many times as fast as allreduce (a loaded machine's probe can put a loopback link
+just under the target: 85% computing is not worth an approximate result)."""
+
+
 def choose(*, n: int, values: int, step_s: float, link: Link, target: float = 0.85,
            exact: bool = False, phase_s: float | None = None) -> Plan:
     """The plan for ``n`` members syncing ``values`` numbers after steps of ``step_s``."""
@@ -104,18 +110,21 @@ def choose(*, n: int, values: int, step_s: float, link: Link, target: float = 0.
     step_s = max(step_s, MIN_STEP_S)
     t32 = sync_seconds(n, values, "fp32", link)
     f32 = step_s / (step_s + t32)
-    if f32 >= target or exact:
-        why = (f"{where}; allreduce computes {f32:.0%} of the time"
-               + ("" if f32 >= target else f" (below the {target:.0%} target, but --exact)"))
-        return Plan("allreduce", "fp32", 0.0, f32, f32, t32, why)
     t16 = sync_seconds(n, values, "bf16", link)
     f16 = step_s / (step_s + t16)
-    if f16 >= target:
-        return Plan("allreduce-bf16", "bf16", 0.0, f16, f32, t16,
-                    f"{where}; allreduce would compute {f32:.0%} of the time; bf16 gradients: {f16:.0%}")
     t8 = sync_seconds(n, values, "int8", link)
     h = phase_s or min(MAX_PHASE_S, max(MIN_PHASE_S, t8 * target / (1 - target)))
     f8 = h / (h + t8)
+    best = f16 if f16 >= target else f8
+    if f32 >= target or exact or best < MIN_GAIN * f32:
+        why = (f"{where}; allreduce computes {f32:.0%} of the time" + (
+            "" if f32 >= target else f" (below the {target:.0%} target, but --exact)" if exact
+            else f" (below the {target:.0%} target, but no approximate mode is predicted "
+                 f"{MIN_GAIN:g}x as fast)"))
+        return Plan("allreduce", "fp32", 0.0, f32, f32, t32, why)
+    if f16 >= target:
+        return Plan("allreduce-bf16", "bf16", 0.0, f16, f32, t16,
+                    f"{where}; allreduce would compute {f32:.0%} of the time; bf16 gradients: {f16:.0%}")
     return Plan("diloco", "int8", round(h, 2), f8, f32, t8,
                 f"{where}; allreduce would compute {f32:.0%} of the time; diloco-int8 with "
                 f"{h:.0f} s phases: predicted {f8:.0%}")
