@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from hpack import Encoder  # type: ignore[import-untyped]
 
-from potluck.coordinator.lighthouse_guard import (
+from potluck.trainer.grpc_guard import (
     LIGHTHOUSE_PATHS,
     PREFACE,
     GuardedLighthouse,

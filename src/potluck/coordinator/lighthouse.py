@@ -54,8 +54,8 @@ class Lighthouse:
     def __init__(self, address: str, port: int, settings: LighthouseSettings) -> None:
         check_port_free(address, port, "lighthouse", "--lighthouse-port")
         # Heavy (imports torch and torchft): here, once, never on the API's request path.
-        from potluck.coordinator.lighthouse_guard import GuardedLighthouse, loopback_for
         from potluck.trainer.ft import lighthouse_port, start_lighthouse
+        from potluck.trainer.grpc_guard import GuardedLighthouse, loopback_for
 
         try:
             server = start_lighthouse(

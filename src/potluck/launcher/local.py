@@ -16,9 +16,9 @@ from typing import Any
 from potluck.contracts.addressing import http_url
 from potluck.contracts.errors import TrainingError
 from potluck.contracts.jobspec import JobSpec, ReplicaSpec, TestHooks
-from potluck.coordinator.lighthouse_guard import GuardedLighthouse, loopback_for
 from potluck.launcher.process import spawn_replica, write_spec
 from potluck.trainer.ft import lighthouse_port, start_lighthouse
+from potluck.trainer.grpc_guard import GuardedLighthouse, loopback_for
 from potluck.trainer.sinks import read_jsonl
 from potluck.trainer.trust import new_job_secret
 

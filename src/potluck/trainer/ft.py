@@ -12,7 +12,9 @@
 Every listener of a replica binds the advertised address, not all interfaces: the Manager's
 gRPC server (torchft hard-codes ``[::]``; :func:`_manager_server_bound_to` rewrites it while
 the Manager is built), the TCPStore (a socket we bind, handed over as ``master_listen_fd``),
-gloo's pairs (a device made for that address) and the checkpoint server.
+gloo's pairs (a device made for that address) and the checkpoint server. The Manager's server
+itself binds loopback, behind a :class:`~potluck.trainer.grpc_guard.GrpcGuard` on the
+advertised address that passes every call but ``Kill`` (:func:`_guarded_manager_port`).
 
 torchft is imported on first use, so that an entry point's :func:`potluck.log.setup_logging`
 has set the Rust side's log level before the native module loads.
@@ -136,6 +138,34 @@ def _manager_server_bound_to(host: str) -> Iterator[None]:
             tm.ManagerServer = original
 
 
+MANAGER_UPSTREAM = "127.0.0.1"
+"""Where a guarded Manager's gRPC server listens (IPv4 loopback: always there on Linux,
+whatever family the advertised address has; the guard connects to it)."""
+
+
+def _guarded_manager_port(advertise_host: str, paths: frozenset[str]) -> tuple[Any, int]:
+    """A guard on a free port of ``advertise_host`` whose port is also free on loopback.
+
+    torchft's Manager advertises ``http://<hostname>:<the port its server bound>``, so the
+    guard (what peers reach) and the server (on loopback) must share the port number. The
+    guard holds its socket; the loopback port is only checked, so another process could take
+    it before the Manager binds it (the Manager then fails to start, like any bind failure).
+    """
+    from potluck.trainer.grpc_guard import GrpcGuard
+
+    for _ in range(20):
+        guard = GrpcGuard(listen=(advertise_host, 0), upstream=(MANAGER_UPSTREAM, 0), paths=paths)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.bind((MANAGER_UPSTREAM, guard.port))
+        except OSError:
+            guard.close()
+            continue
+        return guard, guard.port
+    raise OSError(f"no port free on both {advertise_host} and {MANAGER_UPSTREAM} for the "
+                  "replica's Manager (20 tries)")
+
+
 def listening_socket(host: str) -> socket.socket:
     """A TCP socket listening on ``host`` at a free port (for TCPStore's ``master_listen_fd``)."""
     family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]"), 0, type=socket.SOCK_STREAM)[0]
@@ -232,31 +262,65 @@ def make_manager(*, name: str, slot: int, lighthouse: str, advertise_host: str,
     else:
         transport = advertised_transport(advertise_host, timeout)
         rid = replica_id(name, slot)
-    with _manager_server_bound_to(advertise_host):
-        manager = Manager(
-            pg=pg,
-            load_state_dict=load_state_dict,
-            state_dict=state_dict,
-            min_replica_size=1,
-            use_async_quorum=False,
-            timeout=timeout,
-            quorum_timeout=timedelta(seconds=quorum_timeout_s(timeout_s)),
-            connect_timeout=timedelta(seconds=30),
-            rank=group_rank,
-            world_size=group_world_size,
-            store_addr=advertise_host,
-            store_port=store.port,
-            lighthouse_addr=lighthouse,
-            replica_id=rid,
-            # torchft writes http://{hostname}:{port}: an IPv6 address needs its brackets.
-            hostname=url_host(advertise_host),
-            port=0,
-            checkpoint_transport=transport,
-            init_sync=False,  # every replica builds the same weights from the job's seed
-            # A quorum request that hits a restarting Lighthouse is retried, not fatal
-            # (TORCHFT_QUORUM_RETRIES still overrides).
-            quorum_retries=5,
-        )
+    # The Manager's Kill RPC must not be on the network: guard it, except where the advertised
+    # address is loopback itself (only this machine reaches it, and both could not share it).
+    # A one-process group calls its own server on loopback: peers need only CheckpointMetadata.
+    from potluck.trainer.grpc_guard import MANAGER_PATHS, PEER_MANAGER_PATHS
+
+    manager_guard, manager_port, server_host = None, 0, advertise_host
+    if group_rank == 0 and advertise_host.strip("[]") not in (MANAGER_UPSTREAM, "::1", "localhost"):
+        manager_guard, manager_port = _guarded_manager_port(
+            advertise_host, PEER_MANAGER_PATHS if group_world_size == 1 else MANAGER_PATHS)
+        server_host = MANAGER_UPSTREAM
+    with contextlib.ExitStack() as unwind:
+        if manager_guard is not None:
+            unwind.callback(manager_guard.close)  # only if the Manager fails to start
+        with _manager_server_bound_to(server_host):
+            manager = Manager(
+                pg=pg,
+                load_state_dict=load_state_dict,
+                state_dict=state_dict,
+                min_replica_size=1,
+                use_async_quorum=False,
+                timeout=timeout,
+                quorum_timeout=timedelta(seconds=quorum_timeout_s(timeout_s)),
+                connect_timeout=timedelta(seconds=30),
+                rank=group_rank,
+                world_size=group_world_size,
+                store_addr=advertise_host,
+                store_port=store.port,
+                lighthouse_addr=lighthouse,
+                replica_id=rid,
+                # torchft writes http://{hostname}:{port}: an IPv6 address needs its brackets.
+                hostname=url_host(advertise_host),
+                port=manager_port,
+                checkpoint_transport=transport,
+                init_sync=False,  # every replica builds the same weights from the job's seed
+                # A quorum request that hits a restarting Lighthouse is retried, not fatal
+                # (TORCHFT_QUORUM_RETRIES still overrides).
+                quorum_retries=5,
+            )
+        unwind.pop_all()
+    if manager_guard is not None and group_world_size == 1:
+        from torchft.manager import ManagerClient
+
+        manager._client = ManagerClient(http_url(MANAGER_UPSTREAM, manager_port),
+                                        connect_timeout=timedelta(seconds=30))
     if guard is not None:
         guard.wrap(manager)
+    if manager_guard is not None:
+        _close_with(manager, manager_guard)
     return manager, pg, store
+
+
+def _close_with(manager: Any, guard: Any) -> None:
+    """Make ``manager.shutdown`` close ``guard`` after the Manager's own server."""
+    shutdown = manager.shutdown
+
+    def shutdown_and_close(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return shutdown(*args, **kwargs)
+        finally:
+            guard.close()
+
+    manager.shutdown = shutdown_and_close

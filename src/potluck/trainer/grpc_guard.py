@@ -1,9 +1,14 @@
 """A TCP forwarder that lets only gRPC calls to allowed service paths through.
 
-torchft's Lighthouse serves its gRPC API and an HTML status page on one port, and the page's
-``POST /replica/<id>/kill`` needs no credential: anyone who can reach the port can kill a
-replica. :class:`GrpcGuard` is what the network sees instead. The real server listens on
-loopback; the guard listens on the advertised address and, per connection:
+torchft's servers accept more than a cluster member needs and ask for no credential:
+
+- the Lighthouse serves its gRPC API and an HTML status page on one port, and the page's
+  ``POST /replica/<id>/kill`` kills a replica;
+- every replica's Manager serves ``/torchft.ManagerService/Kill`` beside the calls its peers
+  make (``Quorum``, ``CheckpointMetadata``, ``ShouldCommit``): one gRPC call ends the replica.
+
+:class:`GrpcGuard` is what the network sees instead. The real server listens on loopback; the
+guard listens on the advertised address and, per connection:
 
 1. requires the HTTP/2 client preface (``PRI * HTTP/2.0...``): HTTP/1.x (the status page, the
    kill form, an ``Upgrade: h2c`` attempt) gets ``403`` and the connection is closed;
@@ -21,9 +26,14 @@ Usage (:class:`GuardedLighthouse` does this and quacks like the Lighthouse serve
     lighthouse.address()  # http://100.64.0.1:7078, for the replicas
     lighthouse.shutdown()
 
-Managers reach the Lighthouse through the guard like any gRPC client. Limits: it checks what
-is asked for, not who asks (gRPC to the Lighthouse stays open to the cluster network, see
-docs/security.md); header blocks are capped at 64 KiB and frames at 16 MiB.
+For a Manager (``trainer.ft.make_manager``), the guard takes a free port on the advertised
+address and the Manager's server binds the same port on loopback (``upstream=(host, 0)``):
+torchft advertises ``http://<hostname>:<its bound port>``, so the two ports must be equal. A
+one-process replica group talks to its own server on loopback, so its guard passes only what
+peers need (:data:`PEER_MANAGER_PATHS`).
+
+Limits: it checks what is asked for, not who asks (gRPC stays open to the cluster network,
+see docs/security.md); header blocks are capped at 64 KiB and frames at 16 MiB.
 """
 
 from __future__ import annotations
@@ -34,16 +44,27 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from potluck.contracts.addressing import http_url
+from potluck.contracts.addressing import host_port, http_url
 from potluck.log import get_logger
 
-log = get_logger("coordinator.lighthouse_guard")
+log = get_logger("trainer.grpc_guard")
 
 LIGHTHOUSE_PATHS = frozenset({
     "/torchft.LighthouseService/Quorum",
     "/torchft.LighthouseService/Heartbeat",
 })
 """The Lighthouse's gRPC methods a torchft Manager calls."""
+
+MANAGER_PATHS = frozenset({
+    "/torchft.ManagerService/Quorum",
+    "/torchft.ManagerService/CheckpointMetadata",
+    "/torchft.ManagerService/ShouldCommit",
+})
+"""The Manager's gRPC methods its own ranks and its peers call: everything but ``Kill``."""
+
+PEER_MANAGER_PATHS = frozenset({"/torchft.ManagerService/CheckpointMetadata"})
+"""The one Manager method other replica groups call (a healing peer asks where to fetch the
+checkpoint); ``Quorum`` and ``ShouldCommit`` come from the group's own ranks."""
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _DATA, _HEADERS, _PRIORITY, _RST, _SETTINGS, _PUSH, _PING, _GOAWAY, _WINDOW, _CONT = range(10)
@@ -92,7 +113,7 @@ def check_request(headers: Iterable[tuple[str, str]], paths: frozenset[str]) -> 
     if got.get(":method") != "POST":
         raise Refused(f"method {got.get(':method')!r} is not POST")
     if got.get(":path", "") not in paths:
-        raise Refused(f"path {got.get(':path')!r} is not a Lighthouse gRPC method")
+        raise Refused(f"path {got.get(':path')!r} is not an allowed gRPC method")
     if not got.get("content-type", "").startswith("application/grpc"):
         raise Refused(f"content-type {got.get('content-type')!r} is not gRPC")
 
@@ -174,7 +195,8 @@ class _Connection:
                 self.server.sendall(pending)
                 pending.clear()
         except Refused as exc:
-            log.warning("refused a connection from %s to the Lighthouse: %s", peer, exc)
+            log.warning("refused a gRPC connection from %s to %s: %s", peer,
+                        host_port(*self.upstream_addr), exc)
         except (OSError, ConnectionError):
             pass
         finally:
@@ -206,7 +228,8 @@ class _Connection:
 
 class GrpcGuard:
     """Listens on ``listen`` (port 0: a free one, see :attr:`port`) and forwards checked gRPC
-    calls to ``upstream``. Raises OSError if ``listen`` cannot be bound."""
+    calls to ``upstream`` (port 0 there: the guard's own port, on the upstream host). Raises
+    OSError if ``listen`` cannot be bound."""
 
     def __init__(self, *, listen: tuple[str, int], upstream: tuple[str, int],
                  paths: frozenset[str] = LIGHTHOUSE_PATHS) -> None:
@@ -222,7 +245,7 @@ class GrpcGuard:
             raise
         self.host = host
         self.port = int(self._sock.getsockname()[1])
-        self.upstream = upstream
+        self.upstream = (upstream[0], upstream[1] or self.port)
         self.paths = paths
         self._closed = False
         self._thread = threading.Thread(target=self._accept, daemon=True, name="grpc-guard")
@@ -288,4 +311,5 @@ def loopback_for(host: str) -> str:
     return "::1" if ":" in host else "127.0.0.1"
 
 
-__all__ = ["GrpcGuard", "GuardedLighthouse", "loopback_for", "LIGHTHOUSE_PATHS", "Refused", "check_request", "header_fragment"]
+__all__ = ["GrpcGuard", "GuardedLighthouse", "loopback_for", "LIGHTHOUSE_PATHS", "MANAGER_PATHS",
+           "PEER_MANAGER_PATHS",           "Refused", "check_request", "header_fragment"]
