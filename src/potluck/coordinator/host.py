@@ -1,7 +1,8 @@
 """``potluck host``: the coordinator API, the Lighthouse and the local agent, wired together.
 
-Start-up order makes failure cheap: bind the API socket and the Lighthouse first (a taken port
-fails before anything is written), then open the SQLite store, write ``host.json`` (how local
+Start-up order makes failure cheap: bind the API socket and check the Lighthouse's port first
+(a taken port fails before anything is written), then open and check the SQLite store (a
+damaged one fails before anything starts), start the Lighthouse, write ``host.json`` (how local
 commands find the API), serve, and start the local agent once the API answers. On Ctrl-C or
 SIGTERM everything is stopped in reverse order and ``host.json`` is removed.
 
@@ -188,13 +189,17 @@ class Host:
         config.port = self.sock.getsockname()[1]
         self.sockets = [self.sock, *loopback_sockets(config.advertise, config.port)]
         try:
+            # The database before the Lighthouse: a damaged one stops the host with its one
+            # line last (the Lighthouse's native log would print after it), nothing started.
+            self.store = Store(config.state_dir / "potluck.db")
             self.lighthouse = Lighthouse(config.advertise, config.lighthouse_port, config.lighthouse)
         except BaseException:
             for sock in self.sockets:
                 sock.close()
+            if hasattr(self, "store"):
+                self.store.close()
             raise
         config.lighthouse_port = self.lighthouse.port
-        self.store = Store(config.state_dir / "potluck.db")
         self.coordinator = Coordinator(
             self.store,
             CoordinatorConfig(
