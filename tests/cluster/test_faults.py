@@ -108,6 +108,9 @@ def test_host_restart_with_its_local_agent_mid_job_finishes_on_every_node(cluste
     # starts a replica (a replica that comes too late waits for a peer, then gives up).
     job_id = submit(cluster, 400)
     assert cluster.stop(host["proc"], signal.SIGINT) == 0  # Ctrl-C
+    # agents were connected (long polls open): stopping prints no tracebacks
+    said = host["proc"].log.read_text()
+    assert "Traceback" not in said and "CancelledError" not in said, said[-3000:]
     cluster.start_host("127.0.0.2", *args, name="host-again", local_agent=True)
     assert finished(cluster, job_id, ["b", "hostbox"])["summary"]["steps"] == 400
 
