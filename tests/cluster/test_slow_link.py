@@ -13,6 +13,7 @@ Needs root and iproute2 (skipped otherwise); all traffic stays in the namespaces
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 import subprocess
@@ -131,17 +132,24 @@ def plan_notices(cluster: NetnsCluster) -> list[str]:
 def test_auto_keeps_allreduce_on_a_fast_link_and_chooses_diloco_on_a_slow_one(
         net: Namespaces, tmp_path: Path) -> None:
     job = wide_job()
-    plans = {}
+    plans, events = {}, {}
     for rate in (None, RATE_MBIT):
         net.limit(rate)
         with NetnsCluster(job, [1.0, 1.0], tmp_path / f"rate-{rate}", net) as cluster:
             plans[rate] = plan_notices(cluster)
+            events[rate] = next(r["plan"] for r in cluster.records(0) if r["type"] == "plan")
     print(plans)
     fast, slow = plans[None], plans[RATE_MBIT]
+    fast_plan, slow_plan = events[None], events[RATE_MBIT]
     assert len(set(fast)) == 1 and fast[0].startswith("sync plan: allreduce: slowest link"), fast
     assert len(set(slow)) == 1 and slow[0].startswith("sync plan: diloco (int8, "), slow
     assert "approximate" in slow[0] and "approximate" not in fast[0]
     # The probe saw the limit: every member computed its plan from about 20 Mbit/s.
     mbit = float(re.search(r"slowest link (\d+) Mbit/s", slow[0]).group(1))  # type: ignore[union-attr]
     assert 12 <= mbit <= 30, slow[0]
+    # The timeouts follow the plan: the predicted sync x 3 + 5 s, at least the job's 20 s.
+    for notice, plan in ((fast[0], fast_plan), (slow[0], slow_plan)):
+        collective = max(20.0, float(math.ceil(3 * plan["predicted_sync_s"] + 5)))
+        assert plan["collective_timeout_s"] == collective and plan["quorum_timeout_s"] == 1.5 * collective
+        assert f"; timeouts: collective {collective:g} s, quorum {1.5 * collective:g} s" in notice, notice
     assert float(re.search(r"slowest link (\d+) Mbit/s", fast[0]).group(1)) > 20 * mbit  # type: ignore[union-attr]
