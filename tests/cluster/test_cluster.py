@@ -55,6 +55,15 @@ def test_three_nodes_with_mixed_speeds_train_digits(cluster: Cluster) -> None:
     assert summary["test_accuracy"] >= 0.9
     assert summary["final_loss"] < 0.5
     assert summary["samples_per_s"] > 0 and 0 < summary["compute_fraction"] <= 1
+    # How it synced: the job's allreduce, measured at step 0; on loopback the sync is far
+    # under the job's 8 s step timeout, which stays. Every committed sample is counted once.
+    sync = summary["sync"]
+    assert (sync["plan"]["strategy"], sync["plan"]["chosen_by"], sync["plan"]["members"]) == ("allreduce", "job", 3)
+    assert (sync["plan"]["collective_timeout_s"], sync["plan"]["quorum_timeout_s"]) == (8, 12)
+    assert sync["sync_bytes"] == sync["plan"]["sync_bytes"] == 4 * sync["plan"]["values"] + 64 * 12 * 4
+    assert sum(sync["samples"].values()) == 128 * summary["steps"], sync["samples"]
+    assert sync["samples"]["hostbox"] > sync["samples"]["friend-c"]
+    assert 0 < sync["compute_fraction"] <= 1 and 0 < sync["sync_s"] < sync["step_s"]
 
     # Each replica advertised its own loopback address and pinned gloo to `lo`.
     for name, addr in (("friend-b", "127.0.0.3"), ("friend-c", "127.0.0.4")):

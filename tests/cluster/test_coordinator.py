@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from potluck.agent.hardware import parse_nvidia_smi
+from potluck.cli import cluster_view as view
 from potluck.contracts import wire as s
 from potluck.contracts.errors import ConfigError, ConflictError, VersionMismatchError
 from potluck.contracts.versions import compare_versions, local_versions
@@ -88,6 +89,13 @@ def test_submit_needs_a_live_node_and_a_valid_config(tmp_path: Path) -> None:
     assert c.jobs() == []
 
 
+PLAN = {"strategy": "allreduce", "wire": "fp32", "phase_s": 0.0, "chosen_by": "auto", "members": 2,
+        "values": 15_258, "sync_bytes": 15_258 * 4 + 64 * 12 * 4, "bandwidth_bps": 4.4e9,
+        "rtt_s": 0.002, "predicted_sync_s": 0.012, "predicted_fraction": 0.93,
+        "collective_timeout_s": 20.0, "quorum_timeout_s": 30.0}
+"""A step-0 plan event's plan, as a replica of an auto job on loopback reports it."""
+
+
 def test_job_life_cycle_with_start_barrier(tmp_path: Path) -> None:
     c = make(tmp_path)
     a, b = reg(c, "a"), reg(c, "b")
@@ -108,10 +116,12 @@ def test_job_life_cycle_with_start_barrier(tmp_path: Path) -> None:
         who = {"t": 1.0, "replica": node.name, "slot": slot}
         c.metrics(node.node_id, job.id, s.MetricsRequest(records=[
             {**who, "type": "allocation", "step": 0, "allocation": {"0": 40, "1": 24}, "reason": "r"},
+            {**who, "type": "plan", "step": 0, "plan": PLAN},
             *[{**who, "type": "step", "step": i, "committed": True, "local_batch": 40 - 16 * slot,
                "participants": 2, "quorum_s": 0.001, "allreduce_s": 0.02, "commit_s": 0.001,
                "compute_s": 0.03, "comm_s": 0.01, "wait_s": 0.01 * slot, "loss": 2.0 - i / 2,
-               "samples_per_s": 900.0} for i in range(3)],
+               "samples_per_s": 900.0, "sync_bytes": PLAN["sync_bytes"], "compute_fraction": 0.577}
+              for i in range(3)],
             {**who, "type": "done", "step": 2, "final_loss": 1.0, "test_accuracy": 0.9,
              "speed": 1.0, "final_step": 2, "committed_steps_here": 3, "discarded_steps": 0,
              "wall_s": 1.0, "started_at": 1.0, "ended_at": 2.0, "samples_per_s": 900.0,
@@ -120,6 +130,9 @@ def test_job_life_cycle_with_start_barrier(tmp_path: Path) -> None:
         ]), node.credential)
     info = c.job_info(job.id)
     assert info.progress.step == 2 and info.progress.shares == {"a": 0.625, "b": 0.375}
+    assert info.progress.sync is not None and info.progress.sync.plan.strategy == "allreduce"
+    assert info.progress.sync.samples == {"a": 120, "b": 72}
+    assert "\n  sync: allreduce fp32 (auto), 64.1 kB/step" in view.job_status_text(info)  # potluck status
     for node in (a, b):
         c.heartbeat(node.node_id, s.HeartbeatRequest(replicas=[s.ReplicaReport(job_id=job.id, state="done", exit_code=0)]), node.credential)
     c.tick()
@@ -130,9 +143,18 @@ def test_job_life_cycle_with_start_barrier(tmp_path: Path) -> None:
     assert (summ.nodes, summ.steps, summ.final_loss, summ.test_accuracy) == (["a", "b"], 3, 1.0, 0.9)
     assert summ.samples_per_s == pytest.approx(900.0)
     assert 0.5 < summ.compute_fraction < 1.0
+    # The sync plan and what the steps measured: per step 0.052 s of wall, 0.03 s computing
+    sync = summ.sync
+    assert sync is not None and sync.plan is not None and sync.plan.model_dump() == PLAN
+    assert (sync.steps, sync.sync_bytes, sync.samples) == (6, PLAN["sync_bytes"], {"a": 120, "b": 72})
+    assert sync.step_s == pytest.approx(0.052) and sync.sync_s == pytest.approx(0.02)
+    assert sync.compute_fraction == pytest.approx(0.03 / 0.052, abs=1e-4)
+    assert view.sync_text(sync) == ("allreduce fp32 (auto), 64.1 kB/step, 20 ms/step, "
+                                    "computing 58% (predicted 93%)")
+    assert dict(view.sync_rows(sync))["sync timeouts"] == "collective 20 s, quorum 30 s (from a predicted 12 ms sync)"
     on_disk = json.loads((tmp_path / "experiments" / f"job-{job.id}" / "summary.json").read_text())
     assert on_disk["state"] == "succeeded"
-    assert len((tmp_path / "experiments" / f"job-{job.id}" / "replicas" / "a.jsonl").read_text().splitlines()) == 5
+    assert len((tmp_path / "experiments" / f"job-{job.id}" / "replicas" / "a.jsonl").read_text().splitlines()) == 6
     # Nothing runs after the end.
     assert c.heartbeat(a.node_id, s.HeartbeatRequest(), a.credential).assignment is None
 

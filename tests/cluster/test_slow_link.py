@@ -13,6 +13,7 @@ Needs root and iproute2 (skipped otherwise); all traffic stays in the namespaces
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 import subprocess
@@ -131,17 +132,49 @@ def plan_notices(cluster: NetnsCluster) -> list[str]:
 def test_auto_keeps_allreduce_on_a_fast_link_and_chooses_diloco_on_a_slow_one(
         net: Namespaces, tmp_path: Path) -> None:
     job = wide_job()
-    plans = {}
+    plans, events = {}, {}
     for rate in (None, RATE_MBIT):
         net.limit(rate)
         with NetnsCluster(job, [1.0, 1.0], tmp_path / f"rate-{rate}", net) as cluster:
             plans[rate] = plan_notices(cluster)
+            events[rate] = next(r["plan"] for r in cluster.records(0) if r["type"] == "plan")
     print(plans)
     fast, slow = plans[None], plans[RATE_MBIT]
+    fast_plan, slow_plan = events[None], events[RATE_MBIT]
     assert len(set(fast)) == 1 and fast[0].startswith("sync plan: allreduce: slowest link"), fast
     assert len(set(slow)) == 1 and slow[0].startswith("sync plan: diloco (int8, "), slow
     assert "approximate" in slow[0] and "approximate" not in fast[0]
     # The probe saw the limit: every member computed its plan from about 20 Mbit/s.
     mbit = float(re.search(r"slowest link (\d+) Mbit/s", slow[0]).group(1))  # type: ignore[union-attr]
     assert 12 <= mbit <= 30, slow[0]
+    # The timeouts follow the plan: the predicted sync x 3 + 5 s, at least the job's 20 s.
+    for notice, plan in ((fast[0], fast_plan), (slow[0], slow_plan)):
+        collective = max(20.0, float(math.ceil(3 * plan["predicted_sync_s"] + 5)))
+        assert plan["collective_timeout_s"] == collective and plan["quorum_timeout_s"] == 1.5 * collective
+        assert f"; timeouts: collective {collective:g} s, quorum {1.5 * collective:g} s" in notice, notice
     assert float(re.search(r"slowest link (\d+) Mbit/s", fast[0]).group(1)) > 20 * mbit  # type: ignore[union-attr]
+
+
+def test_a_sync_longer_than_the_step_timeout_commits_over_a_slow_link(
+        net: Namespaces, tmp_path: Path) -> None:
+    """The job fixes exact allreduce with a 3 s step timeout; its 2.5M-parameter all-reduce
+    takes about 5 s at 20 Mbit/s. Before the timeouts followed the plan every step timed out
+    and was discarded; now step 0's probe predicts the sync and every member waits long
+    enough."""
+    job = wide_job().updated({"sync.strategy": "allreduce", "fault.step_timeout_s": 3.0, "steps": 3})
+    net.limit(RATE_MBIT)
+    with NetnsCluster(job, [1.0, 1.0], tmp_path, net) as cluster:
+        codes = cluster.wait(timeout=240)
+        records = {s: cluster.records(s) for s in (0, 1)}
+    assert codes == {0: 0, 1: 0}, codes
+    plans = [r["plan"] for s in (0, 1) for r in records[s] if r["type"] == "plan"]
+    assert len(plans) == 2 and plans[0] == plans[1], plans
+    plan = plans[0]
+    assert (plan["strategy"], plan["chosen_by"]) == ("allreduce", "job")
+    assert plan["collective_timeout_s"] == math.ceil(3 * plan["predicted_sync_s"] + 5) > 3
+    notices = [r["message"] for r in records[0] if r["type"] == "notice"]
+    assert any("raised above fault.step_timeout_s 3 s" in n for n in notices), notices
+    steps = [r for r in records[0] if r["type"] == "step"]
+    print(plan, [(r["committed"], r["allreduce_s"]) for r in steps])
+    assert all(r["committed"] for r in steps) and len(steps) == 3
+    assert max(r["allreduce_s"] for r in steps) > 3.0  # longer than the job's step timeout

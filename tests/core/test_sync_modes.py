@@ -11,9 +11,11 @@ import torch
 from potluck.contracts.errors import ConfigError
 from potluck.contracts.jobspec import JobSpec
 from potluck.launcher.threads import ThreadCluster
-from potluck.trainer.codec import BLOCK, dequantize, quantize
+from potluck.trainer.codec import BLOCK, dequantize, encoded_bytes, quantize
 from potluck.trainer.faults import Faults, InjectedFailure
-from potluck.trainer.plan import Link, choose, sync_seconds
+from potluck.trainer.ft import quorum_timeout_s
+from potluck.trainer.plan import Link, choose, for_strategy, sync_seconds, timeouts_for
+from potluck.trainer.sync import STAT_WIDTH, sync_bytes
 
 
 def test_the_cost_model_and_auto_choose_by_link() -> None:
@@ -36,6 +38,32 @@ def test_the_cost_model_and_auto_choose_by_link() -> None:
     assert exact.mode == "allreduce" and "--exact" in exact.reason
     with pytest.raises(ConfigError, match="forbids the approximate strategy 'diloco'"):
         JobSpec.parse({"sync": {"strategy": "diloco", "exact": True}})
+
+
+def test_timeouts_follow_the_predicted_sync() -> None:
+    """The job's step timeout is the floor; a longer predicted sync raises it to 3x + 5 s
+    (whole seconds), and the quorum waits 1.5x that. A plan of the benchmark's scale over a
+    home link gets timeouts its sync fits in; one on loopback keeps the job's."""
+    assert timeouts_for(0.05, 20.0) == timeouts_for(0.0, 20.0)
+    assert (timeouts_for(0.05, 20.0).collective_s, timeouts_for(0.05, 20.0).quorum_s) == (20.0, 30.0)
+    assert timeouts_for(0.01, 8.0).collective_s == 8.0  # a user's short timeout on a fast link
+    raised = timeouts_for(13.0, 20.0)  # the 5.2M-parameter all-reduce over 20 Mbit/s
+    assert raised.collective_s == 44.0 and raised.quorum_s == quorum_timeout_s(44.0) == 66.0
+    assert timeouts_for(13.0, 90.0).collective_s == 90.0  # a user's longer timeout stays
+    assert timeouts_for(0.4, 1.0).collective_s == 7.0  # a tiny step timeout still fits the sync
+    home = Link(bandwidth_bps=20e6, rtt_s=0.03)
+    for strategy, wire in (("allreduce", "fp32"), ("allreduce-bf16", "bf16"), ("diloco", "int8")):
+        plan = for_strategy(strategy, wire=wire, phase_s=30.0, n=3, values=5_200_000, step_s=0.3, link=home)
+        assert plan is not None and plan.wire == wire
+        assert plan.sync_s == pytest.approx(sync_seconds(3, 5_200_000, wire, home))
+        assert timeouts_for(plan.sync_s, 20.0).collective_s >= 3 * plan.sync_s + 5
+    diloco_plan = for_strategy("diloco", wire="int8", phase_s=30.0, n=3, values=5_200_000, step_s=0.3, link=home)
+    assert diloco_plan is not None and diloco_plan.predicted_fraction == pytest.approx(30 / (30 + diloco_plan.sync_s))
+    assert for_strategy("my-plugin", wire="fp32", phase_s=30.0, n=3, values=10, step_s=0.3, link=home) is None
+    # what a member contributes per sync: its values in the wire format, then the statistics
+    assert encoded_bytes(5000, "fp32") == 20_000 and encoded_bytes(5000, "bf16") == 10_000
+    assert encoded_bytes(5000, "int8") == 3 * (BLOCK + 4)  # codes padded to whole blocks + scales
+    assert sync_bytes(5000, "int8", 4) == 3 * (BLOCK + 4) + 4 * 4 * STAT_WIDTH
 
 
 def test_int8_codec_error_is_bounded_per_block() -> None:
@@ -62,7 +90,16 @@ def test_diloco_splits_work_by_time_and_ends_identical(tmp_path: Path, wire: str
     with ThreadCluster(diloco(wire), [1.0, 0.5], tmp_path) as cluster:
         results = cluster.wait()
         events = {s: cluster.events(s) for s in (0, 1)}
+        values = sum(p.numel() for p in cluster.replicas[0].tr.model.parameters())
     assert len({r["params_sha256"] for r in results.values()}) == 1
+    # The plan of the job's fixed strategy, and per phase what it sent and how long it computed
+    plans = [e["plan"] for s in (0, 1) for e in events[s] if e["type"] == "plan"]
+    assert len(plans) == 2 and plans[0] == plans[1], plans  # every member derived the same
+    plan = plans[0]
+    assert (plan["strategy"], plan["wire"], plan["chosen_by"], plan["phase_s"]) == ("diloco", wire, "job", 0.4)
+    assert plan["values"] == values and plan["sync_bytes"] == encoded_bytes(values, wire) + 4 * 64 * STAT_WIDTH
+    assert plan["collective_timeout_s"] >= 20 and plan["quorum_timeout_s"] == 1.5 * plan["collective_timeout_s"]
+    assert 0 < plan["predicted_fraction"] <= 1 and plan["predicted_sync_s"] > 0
     phases = [e for e in events[0] if e["type"] == "step" and e["committed"]]
     fast = sum(e["allocation"]["0"] for e in phases)
     slow = sum(e["allocation"]["1"] for e in phases)
@@ -72,6 +109,8 @@ def test_diloco_splits_work_by_time_and_ends_identical(tmp_path: Path, wire: str
         mine = [e for e in events[slot] if e["type"] == "step" and e["committed"]]
         wall = sum(e["compute_s"] + e["quorum_s"] + e["allreduce_s"] + e["commit_s"] for e in mine)
         assert sum(e["wait_s"] for e in mine) < 0.1 * wall
+        assert all(e["sync_bytes"] == plan["sync_bytes"] for e in mine)
+        assert all(0 < e["compute_fraction"] <= 1 for e in mine)
 
 
 def test_a_replica_lost_mid_phase_does_not_lose_the_others_phase(tmp_path: Path) -> None:
@@ -83,7 +122,11 @@ def test_a_replica_lost_mid_phase_does_not_lose_the_others_phase(tmp_path: Path)
         cluster.restart(1)
         results = cluster.wait()
         events = cluster.events(1)
+        timeouts = [(r.timeouts, r.manager._timeout.total_seconds()) for r in cluster.replicas.values()]
     assert alone["step"] >= 2  # slot 0's phases committed without slot 1
+    # the restarted replica did not measure the link (step 0 is long past): it healed with
+    # the plan's timeouts
+    assert timeouts[0] == timeouts[1] == ((20.0, 30.0), 20.0), timeouts
     assert len({r["params_sha256"] for r in results.values()}) == 1  # healed to the shared weights
     assert any(e["type"] == "step" and e["committed"] and e["participants"] == 2 and e["step"] > alone["step"]
                for e in events)
@@ -108,6 +151,17 @@ def test_auto_on_loopback_keeps_exact_allreduce(tmp_path: Path) -> None:
     spec = JobSpec.parse({"global_batch": 64, "steps": 5, "sync": "auto"})
     with ThreadCluster(spec, [1.0, 1.0], tmp_path) as cluster:
         results = cluster.wait()
-        notes = [e["message"] for e in cluster.events(0) if e["type"] == "notice"]
+        events = cluster.events(0)
+        values = sum(p.numel() for p in cluster.replicas[0].tr.model.parameters())
+        manager = cluster.replicas[1].manager
+        timeouts = (manager._timeout.total_seconds(), manager._quorum_timeout.total_seconds())
+    notes = [e["message"] for e in events if e["type"] == "notice"]
     assert len({r["params_sha256"] for r in results.values()}) == 1
     assert len(notes) == 1 and notes[0].startswith("sync plan: allreduce: slowest link")
+    # a loopback sync is far under the job's step timeout: the timeouts stay the job's
+    assert "; timeouts: collective 20 s, quorum 30 s" in notes[0] and timeouts == (20.0, 30.0)
+    plan = next(e["plan"] for e in events if e["type"] == "plan")
+    assert (plan["strategy"], plan["chosen_by"], plan["members"]) == ("allreduce", "auto", 2)
+    steps = [e for e in events if e["type"] == "step" and e["committed"]]
+    assert len(steps) == 5
+    assert all(e["sync_bytes"] == plan["sync_bytes"] == 4 * values + 4 * 64 * STAT_WIDTH for e in steps)

@@ -356,17 +356,22 @@ def status(
     state_dir: Path | None = typer.Option(None, "--state-dir", envvar="POTLUCK_STATE_DIR", help=STATE_DIR_HELP.format(what="host")),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Show the cluster's nodes: devices, speed, state, last heartbeat, versions."""
+    """Show the cluster's nodes (devices, speed, state, last heartbeat, versions) and the
+    running job's progress and sync (`potluck jobs --json` has every job's figures)."""
     client = _connect(host_url, token, state_dir)
     nodes = client.nodes()
     if json_out:
         from potluck.doctor.remote import attach_links
 
         _print_json(attach_links(client, [n.model_dump() for n in nodes]))
-    elif not nodes:
+        return
+    if not nodes:
         console.print("no nodes yet: run `potluck join` on a machine")
     else:
         console.print(view.nodes_table(nodes))
+    for job in client.jobs():
+        if job.state == "running":
+            console.print(view.job_status_text(job))
 
 
 def jobs(

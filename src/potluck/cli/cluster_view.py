@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from potluck.contracts import wire as s
+from potluck.contracts.events import SyncPlan
 
 
 def ago(t: float | None, now: float | None = None) -> str:
@@ -76,6 +77,56 @@ def jobs_table(jobs: list[s.JobInfo]) -> Table:
     return table
 
 
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _seconds(x: float) -> str:
+    if x < 0.1:
+        return f"{x * 1e3:.0f} ms"
+    return f"{x:.1f} s" if x < 10 else f"{x:.0f} s"
+
+
+def sync_text(sync: s.SyncStats) -> str:
+    """One line: the plan and what it measured, e.g. ``diloco int8 (auto), 27 s phases,
+    5.2 MB/phase, 2.3 s/phase, computing 84% (predicted 85%)``."""
+    plan = sync.plan
+    per = "phase" if plan is not None and plan.strategy == "diloco" else "step"
+    parts = []
+    if plan is not None:
+        parts.append(f"{plan.strategy} {plan.wire}" + (" (auto)" if plan.chosen_by == "auto" else ""))
+        if plan.phase_s:
+            parts.append(f"{_seconds(plan.phase_s)} phases")
+    if sync.sync_bytes is not None:
+        parts.append(f"{_size(sync.sync_bytes)}/{per}")
+    if sync.sync_s is not None:
+        parts.append(f"{_seconds(sync.sync_s)}/{per}")
+    if sync.compute_fraction is not None:
+        parts.append(f"computing {sync.compute_fraction:.0%}" + (
+            f" (predicted {plan.predicted_fraction:.0%})" if plan is not None else ""))
+    return ", ".join(parts) or "-"
+
+
+def timeouts_text(plan: SyncPlan) -> str:
+    return (f"collective {_seconds(plan.collective_timeout_s)}, quorum "
+            f"{_seconds(plan.quorum_timeout_s)} (from a predicted {_seconds(plan.predicted_sync_s)} sync)")
+
+
+def sync_rows(sync: s.SyncStats | None) -> list[tuple[str, str]]:
+    """The summary's sync rows: the plan and its measurements, the timeouts, the samples."""
+    if sync is None:
+        return [("sync", "-")]
+    rows = [("sync", sync_text(sync))]
+    if sync.plan is not None:
+        rows.append(("sync timeouts", timeouts_text(sync.plan)))
+    if sync.samples:
+        rows.append(("samples per node", ", ".join(f"{name} {n:,}" for name, n in sorted(sync.samples.items()))))
+    return rows
+
+
 def summary_table(summary: s.JobSummary) -> Table:
     table = Table(title=f"job {summary.job_id}: {summary.state}", title_justify="left", show_header=False)
     table.add_column("what")
@@ -85,6 +136,7 @@ def summary_table(summary: s.JobSummary) -> Table:
         ("steps", summary.steps),
         ("samples/s", f"{summary.samples_per_s:,.0f}" if summary.samples_per_s else "-"),
         ("compute fraction", f"{summary.compute_fraction:.0%}" if summary.compute_fraction is not None else "-"),
+        *sync_rows(summary.sync),
         ("final loss", f"{summary.final_loss:.4f}" if summary.final_loss is not None else "-"),
         ("test accuracy", f"{summary.test_accuracy:.3f}" if summary.test_accuracy is not None else "-"),
         ("results", summary.run_dir),
@@ -140,3 +192,9 @@ def progress_text(job: s.JobInfo) -> str:
     if p.shares:
         parts.append(" ".join(f"{name} {share:.0%}" for name, share in sorted(p.shares.items())))
     return escape(" | ".join(parts))
+
+
+def job_status_text(job: s.JobInfo) -> str:
+    """A running job for ``potluck status``: its progress and, once measured, how it syncs."""
+    sync = job.progress.sync
+    return progress_text(job) + (escape(f"\n  sync: {sync_text(sync)}") if sync else "")

@@ -20,6 +20,8 @@ from potluck.contracts.jobspec import describe_validation_error
 EVENT_VERSION: Literal[1] = 1
 Seconds = Annotated[float, Field(ge=0, le=1e7)]
 Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Bytes = Annotated[int, Field(ge=0, le=2**53)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
 Allocation = Annotated[dict[str, Count], Field(max_length=4096)]
 """``{"<slot>": samples}``: the share of the global batch each replica slot computes."""
 
@@ -59,6 +61,46 @@ class StepEvent(_Event):
     resumed_from: Count | None = None
     """Set on a replica's first committed step after it loaded a checkpoint: the step the
     checkpoint was taken after (the host counts a restart when training went on from it)."""
+    sync_bytes: Bytes | None = None
+    """Bytes this replica contributed to the step's sync (its values in the wire format and
+    its statistics)."""
+    compute_fraction: Fraction | None = None
+    """(committed only) ``compute_s`` over the step's wall time (quorum, compute, sync and
+    commit): what a sync plan's ``predicted_fraction`` predicts."""
+
+
+class SyncPlan(BaseModel):
+    """How a job syncs and what the cost model predicts for it (docs/sync.md)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    strategy: Literal["allreduce", "allreduce-bf16", "diloco"]
+    wire: Literal["fp32", "bf16", "int8"]
+    phase_s: Seconds = 0.0
+    """diloco: seconds per inner phase (0: one sync per step)."""
+    chosen_by: Literal["auto", "job"]
+    """``auto`` chose it from the measured link, or the job's ``sync.strategy`` fixed it."""
+    members: Count
+    values: Bytes
+    """Numbers synced (the model's parameters)."""
+    sync_bytes: Bytes
+    """Bytes each member contributes per sync."""
+    bandwidth_bps: float = Field(ge=0, le=1e15)
+    """The slowest member's link as measured at step 0 (bits/s)."""
+    rtt_s: Seconds
+    predicted_sync_s: Seconds
+    predicted_fraction: Fraction
+    """Predicted fraction of wall time spent computing."""
+    collective_timeout_s: Seconds
+    """torchft's timeout for every collective and the commit vote, derived from the plan."""
+    quorum_timeout_s: Seconds
+
+
+class PlanEvent(_Event):
+    """The job's sync plan, decided at step 0 by every member from the same measurements."""
+
+    type: Literal["plan"] = "plan"
+    plan: SyncPlan
 
 
 class AllocationEvent(_Event):
@@ -139,12 +181,12 @@ class CheckpointEvent(_Event):
 
 
 Event = Annotated[StepEvent | AllocationEvent | MembershipEvent | DoneEvent | AlertEvent
-                  | ErrorEvent | CheckpointEvent | NoticeEvent, Field(discriminator="type")]
+                  | ErrorEvent | CheckpointEvent | NoticeEvent | PlanEvent, Field(discriminator="type")]
 _adapter: TypeAdapter[Any] = TypeAdapter(Event)
 
 
 def parse_event(raw: Any) -> (StepEvent | AllocationEvent | MembershipEvent | DoneEvent | AlertEvent
-                              | ErrorEvent | CheckpointEvent | NoticeEvent):
+                              | ErrorEvent | CheckpointEvent | NoticeEvent | PlanEvent):
     """One event from untrusted JSON data. Raises ConfigError naming the bad field."""
     try:
         return _adapter.validate_python(raw)
@@ -163,5 +205,5 @@ def event_json(event: BaseModel) -> str:
 
 
 __all__ = ["Event", "StepEvent", "AllocationEvent", "MembershipEvent", "DoneEvent", "AlertEvent",
-           "ErrorEvent", "CheckpointEvent", "NoticeEvent",
+           "ErrorEvent", "CheckpointEvent", "NoticeEvent", "PlanEvent", "SyncPlan",
            "EVENT_VERSION", "parse_event", "finite", "event_json"]

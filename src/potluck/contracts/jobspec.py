@@ -173,7 +173,8 @@ class FaultSection(Section):
     max_replicas: int = Field(default=64, ge=1, le=4096)
     """Upper bound on replica slots (sizes the statistics vector shared every step)."""
     step_timeout_s: float = Field(default=20.0, gt=0, le=86400)
-    """torchft collective/commit timeout; a step slower than this is discarded."""
+    """torchft collective/commit timeout, at least; the sync plan raises it above a long
+    predicted sync (docs/sync.md). A step slower than it is discarded."""
 
 
 class EmulationSection(Section):

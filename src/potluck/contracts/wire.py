@@ -251,6 +251,30 @@ class NodeInfo(Strict):
     (None before that; kept in the host's memory only)."""
 
 
+class SyncStats(Strict):
+    """How a job syncs: its plan and what its committed steps (phases, for diloco) measured,
+    averaged over every replica's committed steps."""
+
+    plan: events.SyncPlan | None = None
+    """From step 0's plan event (None: one replica at step 0, or a strategy the cost model
+    does not know)."""
+    steps: int = Field(default=0, ge=0)
+    """Committed step reports behind the means (one per replica and step)."""
+    step_s: float | None = Field(default=None, ge=0)
+    """Mean wall seconds of a step or phase (quorum, compute, sync, commit)."""
+    compute_s: float | None = Field(default=None, ge=0)
+    """Mean seconds computing in a step (a diloco phase's local training)."""
+    sync_s: float | None = Field(default=None, ge=0)
+    """Mean seconds in the sync (waiting for slower peers included)."""
+    sync_bytes: int | None = Field(default=None, ge=0)
+    """Bytes each member contributes per sync."""
+    compute_fraction: float | None = Field(default=None, ge=0, le=1)
+    """Compute seconds over wall seconds, summed over the committed steps: what the plan's
+    ``predicted_fraction`` predicts."""
+    samples: dict[str, int] = Field(default_factory=dict)
+    """Node name -> samples its replica processed in committed steps or phases."""
+
+
 class JobProgress(Strict):
     step: int = 0
     loss: float | None = None
@@ -262,6 +286,8 @@ class JobProgress(Strict):
     """Times training started over because every replica was lost at once."""
     steps_lost: int = 0
     """Committed steps trained again after those restarts."""
+    sync: SyncStats | None = None
+    """The sync plan and what the committed steps measured so far."""
 
 
 class JobSummary(Strict):
@@ -284,6 +310,8 @@ class JobSummary(Strict):
     """Step of the newest checkpoint on the host (``potluck train --resume`` starts there)."""
     model: bool = False
     """The trained model is on the host (``potluck pull JOB``)."""
+    sync: SyncStats | None = None
+    """The sync plan and what the committed steps measured (per step, or per diloco phase)."""
 
 
 class JobReplica(Strict):

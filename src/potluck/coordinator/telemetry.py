@@ -24,6 +24,7 @@ from potluck.contracts.events import (
     DoneEvent,
     ErrorEvent,
     NoticeEvent,
+    PlanEvent,
     StepEvent,
     event_json,
 )
@@ -34,6 +35,26 @@ LOG_EVERY = 25
 
 SPS_WINDOW = 15
 """Committed step records whose median is the live samples/s."""
+
+
+def fold_sync(stats: s.SyncStats, event: StepEvent) -> None:
+    """Add one replica's committed step (or diloco phase) to a job's sync figures: running
+    means of its wall, compute and sync seconds, its bytes, its replica's samples."""
+    wall = event.quorum_s + event.compute_s + event.allreduce_s + event.commit_s
+    n = stats.steps
+
+    def mean(old: float | None, new: float) -> float:
+        return round(((old or 0.0) * n + new) / (n + 1), 6)
+
+    stats.step_s = mean(stats.step_s, wall)
+    stats.compute_s = mean(stats.compute_s, event.compute_s)
+    stats.sync_s = mean(stats.sync_s, event.allreduce_s)
+    stats.steps = n + 1
+    stats.compute_fraction = round(min(1.0, stats.compute_s / stats.step_s), 4) \
+        if stats.step_s > 0 else None
+    if event.sync_bytes is not None:
+        stats.sync_bytes = event.sync_bytes
+    stats.samples[event.replica] = stats.samples.get(event.replica, 0) + event.local_batch
 
 
 class Telemetry:
@@ -92,7 +113,12 @@ class Telemetry:
         return len(rows)
 
     def _fold(self, progress: s.JobProgress, job_id: int, node_id: int, event: BaseModel) -> None:
+        if isinstance(event, PlanEvent):
+            progress.sync = progress.sync or s.SyncStats()
+            progress.sync.plan = event.plan
         if isinstance(event, StepEvent) and event.committed:
+            progress.sync = progress.sync or s.SyncStats()
+            fold_sync(progress.sync, event)
             self._check_restart(progress, job_id, node_id, event)
             samples = self.node_samples.setdefault(job_id, {})
             samples[node_id] = samples.get(node_id, 0) + event.local_batch
@@ -208,6 +234,8 @@ class Telemetry:
 
         ``compute_fraction`` is the fraction of replica step time spent computing (the rest
         is communication and waiting for slower peers), averaged over committed steps.
+        ``sync`` is the job's sync plan (its plan event) and the means of its committed steps
+        (:func:`fold_sync`).
         """
         replicas = self.store.replicas(job_id)
         done = [DoneEvent.model_validate_json(r["done"]) for r in replicas if r["done"]]
@@ -225,6 +253,11 @@ class Telemetry:
         if sps is None:
             sps = mean([e.samples_per_s for e in committed[-20:]])
         last = max([e.step for e in committed] + [d.final_step for d in done], default=-1)
+        plans = [PlanEvent.model_validate_json(t) for t in self.store.metric_records(job_id, "plan")]
+        sync = s.SyncStats(plan=plans[-1].plan) if plans else None
+        for e in committed:
+            sync = sync or s.SyncStats()
+            fold_sync(sync, e)
         return s.JobSummary(
             job_id=job_id,
             state=state,  # type: ignore[arg-type]
@@ -237,6 +270,7 @@ class Telemetry:
             run_dir=str(self.run_dir(job_id)),
             restarts=progress.restarts if (progress := self.progress.get(job_id)) else 0,
             steps_lost=progress.steps_lost if progress else 0,
+            sync=sync,
         )
 
     def write_summary(self, summary: s.JobSummary) -> None:

@@ -19,6 +19,15 @@ WIRE_BYTES = {"fp32": 4.0, "bf16": 2.0, "int8": 1.0 + 4.0 / BLOCK}
 """Bytes per value on the wire (int8 includes its share of the block scales)."""
 
 
+def encoded_bytes(values: int, wire: str) -> int:
+    """Bytes of ``values`` floats as ``wire`` (one member's contribution to a sync): int8
+    pads to whole blocks and adds one float32 scale per block."""
+    if wire == "int8":
+        blocks = -(-values // BLOCK)
+        return blocks * (BLOCK + 4)
+    return int(values * WIRE_BYTES[wire])
+
+
 def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(int8 codes, float32 scales)`` of a flat float tensor, one scale per block."""
     n = x.numel()

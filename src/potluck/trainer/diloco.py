@@ -39,6 +39,7 @@ from potluck.trainer.sync import (
     check_identity,
     identity_code,
     register_sync,
+    sync_bytes,
 )
 
 InnerStep = Callable[[int], tuple[int, float, float]]
@@ -121,7 +122,8 @@ class DiLoCo(SyncStrategy):
         t1 = time.perf_counter()
         committed = self.manager.should_commit()
         self.delta = None
-        result = SyncResult(committed=committed, sync_s=t1 - t0, commit_s=time.perf_counter() - t1)
+        result = SyncResult(committed=committed, sync_s=t1 - t0, commit_s=time.perf_counter() - t1,
+                            sync_bytes=sync_bytes(numel, self.wire, self.slots))
         if not committed:
             result.error = str(self.manager.errored())
             return result

@@ -72,6 +72,13 @@ def _classes() -> tuple[type, type]:
         def errored(self) -> Exception | None:
             return self.untrusted or super().errored()
 
+        def set_timeout(self, timeout: timedelta) -> None:
+            """The timeout of the next configuration's gloo group and of the current one
+            (its pairs' operations from now on)."""
+            super().set_timeout(timeout)
+            if self._pg is not None:
+                self._pg.set_timeout(timeout)
+
         def _create_pg(self, store: Any, rank: int, world_size: int) -> Any:
             if self.bind_host is None:
                 return super()._create_pg(store, rank, world_size)
@@ -211,6 +218,20 @@ the old Lighthouse hangs this long before it is retried on the new one."""
 def quorum_timeout_s(step_timeout_s: float) -> float:
     """Seconds a quorum request may take for a job whose step timeout is ``step_timeout_s``."""
     return QUORUM_MARGIN * step_timeout_s
+
+
+def set_timeouts(manager: Any, pg: Any, *, collective_s: float, quorum_s: float) -> None:
+    """Change a running Manager's timeouts (a sync plan's, trainer/plan.py): every collective
+    and the commit vote wait up to ``collective_s``, a quorum request ``quorum_s``.
+
+    torchft takes them only in the Manager's constructor; it reads ``_timeout`` and
+    ``_quorum_timeout`` at each use, and the process group's timeout applies to the gloo group
+    in use now and to the next one ``configure`` builds. Call between steps, on every member
+    alike (a member with a shorter timeout would give up on a sync its peers still run)."""
+    collective = timedelta(seconds=collective_s)
+    manager._timeout = collective
+    manager._quorum_timeout = timedelta(seconds=quorum_s)
+    pg.set_timeout(collective)
 
 
 def make_manager(*, name: str, slot: int, lighthouse: str, advertise_host: str,

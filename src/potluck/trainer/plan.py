@@ -20,14 +20,18 @@ members over 20 Mbit/s links and holds the model to +-35% (measured: within 15%)
    reaches the target, ``H = T_sync * target / (1 - target)``, at least ``MIN_PHASE_S``.
 
 With ``exact`` only the first is allowed; it is chosen even when it misses the target, and
-the plan says by how much.
+the plan says by how much. A strategy the job fixes gets the same prediction
+(:func:`for_strategy`), so that in every mode the torchft timeouts follow the predicted sync
+(:func:`timeouts_for`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from potluck.trainer.codec import WIRE_BYTES
+from potluck.trainer.ft import quorum_timeout_s
 
 EFFICIENCY = 0.85
 PAIR_ALLGATHER = 0.74
@@ -128,6 +132,62 @@ def choose(*, n: int, values: int, step_s: float, link: Link, target: float = 0.
     return Plan("diloco", "int8", round(h, 2), f8, f32, t8,
                 f"{where}; allreduce would compute {f32:.0%} of the time; diloco-int8 with "
                 f"{h:.0f} s phases: predicted {f8:.0%}")
+
+
+STRATEGY_WIRES = {"allreduce": "fp32", "allreduce-bf16": "bf16"}
+"""The wire format of each step-wise strategy (diloco's is ``sync.wire``)."""
+
+
+def for_strategy(strategy: str, *, wire: str, phase_s: float, n: int, values: int,
+                 step_s: float, link: Link) -> Plan | None:
+    """The prediction for a strategy the job fixed (``allreduce``, ``allreduce-bf16`` or
+    ``diloco`` with ``wire`` and ``phase_s``): its sync seconds and compute fraction. None for
+    a strategy the cost model does not know (a registered plug-in)."""
+    step_s = max(step_s, MIN_STEP_S)
+    t32 = sync_seconds(n, values, "fp32", link)
+    f32 = step_s / (step_s + t32)
+    where = f"slowest link {link.bandwidth_bps / 1e6:.0f} Mbit/s, RTT {link.rtt_s * 1e3:.0f} ms"
+    if strategy in STRATEGY_WIRES:
+        wire = STRATEGY_WIRES[strategy]
+        t = sync_seconds(n, values, wire, link)
+        f = step_s / (step_s + t)
+        return Plan(strategy, wire, 0.0, f, f32, t, f"{where}; the job's {strategy} computes {f:.0%} of the time")
+    if strategy == "diloco":
+        t = sync_seconds(n, values, wire, link)
+        f = phase_s / (phase_s + t)
+        return Plan(strategy, wire, phase_s, f, f32, t,
+                    f"{where}; the job's diloco-{wire} with {phase_s:g} s phases computes {f:.0%} of the time")
+    return None
+
+
+TIMEOUT_MARGIN = 3.0
+TIMEOUT_FLOOR_S = 5.0
+"""The collective timeout is at least ``TIMEOUT_MARGIN x`` the predicted sync plus this: the
+cost model is within 15% over real links (docs/sync.md), a loaded machine or a link shared
+with other traffic may take twice as long without being broken, and a short sync still gets
+seconds for a scheduling hiccup (on a fast link this stays under the job's step timeout, so a
+user's short ``fault.step_timeout_s`` keeps detecting failures fast). A dead peer is still
+found within that bound (a process that died closes its connections and fails the collective
+at once; a machine that vanished takes the whole timeout)."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """torchft's timeouts for one job: every member derives the same from the same plan."""
+
+    collective_s: float
+    """Every collective, the commit vote and a recovery transfer (the Manager's timeout and
+    the process group's)."""
+    quorum_s: float
+    """A quorum request (:func:`~potluck.trainer.ft.quorum_timeout_s` of the collective's)."""
+
+
+def timeouts_for(sync_s: float, step_timeout_s: float) -> Timeouts:
+    """The timeouts for a plan predicting syncs of ``sync_s`` seconds: the job's
+    ``fault.step_timeout_s`` is the floor, raised to ``TIMEOUT_MARGIN x sync_s +
+    TIMEOUT_FLOOR_S`` (whole seconds) when the sync may take longer."""
+    collective = max(step_timeout_s, float(math.ceil(TIMEOUT_MARGIN * sync_s + TIMEOUT_FLOOR_S)))
+    return Timeouts(collective, quorum_timeout_s(collective))
 
 
 PROBE_VALUES = (256, 1 << 18)

@@ -34,7 +34,9 @@ from potluck.contracts.events import (
     ErrorEvent,
     MembershipEvent,
     NoticeEvent,
+    PlanEvent,
     StepEvent,
+    SyncPlan,
     finite,
 )
 from potluck.contracts.jobspec import ReplicaSpec
@@ -51,11 +53,11 @@ from potluck.trainer.core import (
 )
 from potluck.trainer.emulation import Emulator, calibrate
 from potluck.trainer.faults import Faults
-from potluck.trainer.ft import make_manager
+from potluck.trainer.ft import make_manager, set_timeouts
 from potluck.trainer.loader import Prefetcher
 from potluck.trainer.sampler import step_indices
 from potluck.trainer.sinks import EventSink, JsonlSink
-from potluck.trainer.sync import AUTO, LocalWork, SyncResult, make_sync
+from potluck.trainer.sync import AUTO, LocalWork, SyncResult, make_sync, sync_bytes
 
 ALONE_WAIT_S = 60.0
 """How long a replica behind the job's step waits for a peer to heal from (see min_step)."""
@@ -97,10 +99,13 @@ class Replica:
                                    lambda: f"{spec.name}/replica {spec.slot} step {self.step}")
         self.profile = self._own_profile()
         self.sync: Any = None
+        self.manager: Any = None
         self._alerts: set[str] = set()
         self._identity: tuple[str, str] | None = None
         self._data_s = 0.0
         self.resumed_from: int | None = None
+        self.timeouts: tuple[float, float] | None = None
+        """``(collective_s, quorum_s)`` derived from the sync plan (None: the job's)."""
 
     def _own_profile(self) -> tuple[float, float]:
         """``(overhead_s, sample_s)`` to share with peers; (0, 0) when nobody needs it.
@@ -139,6 +144,8 @@ class Replica:
             **self.tr.state_dict(),
             "balancer": self.balancer.state_dict(),
             "sync": self.sync.state_dict() if self.sync is not None else {},
+            # a replica healing later (or resuming) waits as long as the plan's members do
+            "timeouts": list(self.timeouts) if self.timeouts else None,
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "a peer") -> None:
@@ -146,6 +153,9 @@ class Replica:
         self.balancer.load_state_dict(state["balancer"])
         if self.sync is not None:
             self.sync.load_state_dict(state.get("sync", {}))
+        if state.get("timeouts") and self.manager is not None:
+            collective_s, quorum_s = (float(x) for x in state["timeouts"])
+            self._set_timeouts(collective_s, quorum_s)
         self.log.info("recovered state from %s", source)
 
     def _resume(self, manager: Any) -> None:
@@ -184,7 +194,7 @@ class Replica:
             group_rank=spec.group_rank, group_world_size=spec.group_world_size,
             secret=spec.secret, on_alert=self._alert,
         )
-        self.pg = pg
+        self.pg, self.manager = pg, manager
         self.sync = make_sync(spec.job, tr.model, tr.optimizer, manager, spec.device, tr.update)
         if spec.resume_from:
             self._resume(manager)
@@ -250,6 +260,8 @@ class Replica:
                 return  # a local-phase plan: the probe's step commits empty, phases follow
             self._decided(self.balancer.allocation_for(members, self.step), members)
             work = self._compute()
+            if self.step == 0 and self.spec.job.sync.strategy != AUTO and len(members) > 1:
+                self._plan_fixed(manager, members, work.compute_s)
             result = self.sync.sync(work, members)
             if result.committed:
                 self.committed += 1
@@ -277,8 +289,10 @@ class Replica:
         numel = sum(p.numel() for p in self.tr.model.parameters())
         plan = choose(n=len(members), values=numel, step_s=step_s, link=link,
                       target=job.sync.target_compute_fraction, exact=job.sync.exact)
+        collective_s, quorum_s = self._adopt(plan, link, members, numel, "auto")
         message = f"sync plan: {plan.mode}" + (f" ({plan.wire}, {plan.phase_s:.0f} s phases)"
                                                if plan.mode == "diloco" else "") + f": {plan.reason}"
+        message += f"; timeouts: collective {collective_s:g} s, quorum {quorum_s:g} s"
         if not plan.exact:
             message += "; approximate: not exactly what one machine computes (--exact forbids it)"
         self.log.info("%s", message)
@@ -297,6 +311,53 @@ class Replica:
             self.committed += 1
         return True
 
+    def _plan_fixed(self, manager: Any, members: list[int], step_s: float) -> None:
+        """A strategy the job fixed: measure the link with every member at step 0 (as `auto`
+        does) and derive the timeouts from the predicted sync. A probe that failed changes
+        nothing: the step is discarded and step 0 probes again."""
+        from potluck.trainer.plan import for_strategy, probe_link
+
+        job = self.spec.job
+        link, slowest = probe_link(manager, self.spec.slot, job.fault.max_replicas, step_s)
+        numel = sum(p.numel() for p in self.tr.model.parameters())
+        plan = for_strategy(job.sync.strategy, wire=job.sync.wire, phase_s=job.sync.phase_s,
+                            n=len(members), values=numel, step_s=slowest, link=link)
+        if plan is None or manager.errored() is not None:
+            return
+        collective_s, quorum_s = self._adopt(plan, link, members, numel, "job")
+        message = (f"sync: {plan.mode}" + (f" ({plan.wire}, {plan.phase_s:g} s phases)"
+                                           if plan.mode == "diloco" else "")
+                   + f": {plan.reason}; predicted {plan.sync_s:.1f} s per sync; timeouts: "
+                   f"collective {collective_s:g} s, quorum {quorum_s:g} s")
+        self.log.info("%s", message)
+        if collective_s > job.fault.step_timeout_s:  # the user should know why it waits longer
+            self.sink.emit(NoticeEvent(**self._ident(), message=(
+                message + f" (raised above fault.step_timeout_s {job.fault.step_timeout_s:g} s "
+                "for the predicted sync)")[:1000]))
+
+    def _adopt(self, plan: Any, link: Any, members: list[int], values: int,
+               chosen_by: str) -> tuple[float, float]:
+        """Take the plan's timeouts (every member derives the same from the same plan) and
+        report the plan as an event. Returns ``(collective_s, quorum_s)``."""
+        from potluck.trainer.plan import timeouts_for
+
+        job = self.spec.job
+        timeouts = timeouts_for(plan.sync_s, job.fault.step_timeout_s)
+        self._set_timeouts(timeouts.collective_s, timeouts.quorum_s)
+        self.sink.emit(PlanEvent(**self._ident(), plan=SyncPlan(
+            strategy=plan.mode, wire=plan.wire, phase_s=plan.phase_s, chosen_by=chosen_by,
+            members=len(members), values=values,
+            sync_bytes=sync_bytes(values, plan.wire, job.fault.max_replicas),
+            bandwidth_bps=min(link.bandwidth_bps, 1e15), rtt_s=link.rtt_s,
+            predicted_sync_s=round(plan.sync_s, 6),
+            predicted_fraction=round(plan.predicted_fraction, 4),
+            collective_timeout_s=timeouts.collective_s, quorum_timeout_s=timeouts.quorum_s)))
+        return timeouts.collective_s, timeouts.quorum_s
+
+    def _set_timeouts(self, collective_s: float, quorum_s: float) -> None:
+        set_timeouts(self.manager, self.pg, collective_s=collective_s, quorum_s=quorum_s)
+        self.timeouts = (collective_s, quorum_s)
+
     def _run_phases(self, manager: Any, pg: Any) -> None:
         """One torchft step per inner phase (diloco), until ``steps x global_batch`` samples
         are committed."""
@@ -312,6 +373,8 @@ class Replica:
             self.started = self.started or time.time()
             members = sorted(pg.members) or [self.spec.slot]
             self._membership(members)
+            if self.step == 0 and self.spec.job.sync.strategy != AUTO and len(members) > 1:
+                self._plan_fixed(manager, members, work.compute_s)
             result = self.sync.sync(work, members)
             if result.committed:
                 self.committed += 1
@@ -392,6 +455,7 @@ class Replica:
             local_batch=work.samples, compute_s=round(work.compute_s, 6),
             quorum_s=round(quorum_s, 6), allreduce_s=round(result.sync_s, 6),
             commit_s=round(result.commit_s, 6), data_s=round(self._data_s, 6),
+            sync_bytes=result.sync_bytes or None,
             indices=self._indices.tolist() if self.spec.hooks.record_indices else None,
         )
         if result.committed:
@@ -404,6 +468,7 @@ class Replica:
             event.loss = finite(round(result.loss, 6)) if result.loss is not None else None
             event.allocation = {str(k): v for k, v in self.balancer.allocation.items()}
             event.samples_per_s = round(self.spec.job.global_batch / max(wall, 1e-9), 3)
+            event.compute_fraction = round(min(1.0, work.compute_s / wall), 4) if wall > 0 else None
             event.resumed_from, self.resumed_from = self.resumed_from, None
             if self.sync.local_phase:  # no allocation: each replica's samples in this phase
                 event.allocation = {str(s): p.samples for s, p in result.peers.items()}

@@ -64,6 +64,10 @@ class SyncResult:
     sync_s: float = 0.0
     """Seconds in the collective, waiting for slower peers included."""
     commit_s: float = 0.0
+    sync_bytes: int = 0
+    """Bytes of this replica's contribution (its values in the wire format and its
+    statistics): the link carries ``2 (N - 1) / N`` times this per member in a ring
+    all-reduce, ``N - 1`` times in int8's all-gather."""
     error: str | None = None
 
 
@@ -147,6 +151,14 @@ def strategy_class(name: str) -> type[SyncStrategy]:
 STAT_WIDTH = 12
 
 
+def sync_bytes(values: int, wire: str, slots: int) -> int:
+    """Bytes one member contributes to a sync of ``values`` numbers as ``wire`` plus the
+    float32 statistics table of ``slots`` slots."""
+    from potluck.trainer.codec import encoded_bytes
+
+    return encoded_bytes(values, wire) + 4 * slots * STAT_WIDTH
+
+
 def identity_code(hexdigest: str) -> tuple[float, float]:
     """Two 20-bit pieces (+1, so 0 means "not sent") of a hex digest."""
     bits = int(hexdigest[:10], 16)
@@ -182,12 +194,14 @@ class WeightedAllReduce(SyncStrategy):
     """
 
     name = "allreduce"
+    wire = "fp32"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.params = list(self.model.parameters())
         self.numel = sum(p.numel() for p in self.params)
         self.slots = self.spec.fault.max_replicas
+        self.bytes = sync_bytes(self.numel, self.wire, self.slots)
 
     def _flat(self) -> torch.Tensor:
         out = torch.zeros(self.numel + self.slots * STAT_WIDTH, dtype=torch.float32)
@@ -222,7 +236,8 @@ class WeightedAllReduce(SyncStrategy):
         self._combine(buf)
         t1 = time.perf_counter()
         committed = self.manager.should_commit()
-        result = SyncResult(committed=committed, sync_s=t1 - t0, commit_s=time.perf_counter() - t1)
+        result = SyncResult(committed=committed, sync_s=t1 - t0, commit_s=time.perf_counter() - t1,
+                            sync_bytes=self.bytes)
         if not committed:
             result.error = str(self.manager.errored())
             return result
@@ -251,6 +266,7 @@ class HalfAllReduce(WeightedAllReduce):
     value rounded to 8 significant bits (approximate). The statistics stay fp32."""
 
     name = "allreduce-bf16"
+    wire = "bf16"
     exact = False
 
     def _combine(self, buf: torch.Tensor) -> None:
