@@ -11,6 +11,7 @@ import torch
 from potluck.contracts.errors import ConfigError
 from potluck.contracts.jobspec import JobSpec
 from potluck.launcher.threads import ThreadCluster
+from potluck.trainer.checkpoint import dump_state
 from potluck.trainer.codec import BLOCK, dequantize, encoded_bytes, quantize
 from potluck.trainer.faults import Faults, InjectedFailure
 from potluck.trainer.ft import quorum_timeout_s
@@ -123,6 +124,9 @@ def test_a_replica_lost_mid_phase_does_not_lose_the_others_phase(tmp_path: Path)
         results = cluster.wait()
         events = cluster.events(1)
         timeouts = [(r.timeouts, r.manager._timeout.total_seconds()) for r in cluster.replicas.values()]
+        first = cluster.replicas[0]
+        sent = first.state_dict()  # what a healing peer receives
+        full = first._checkpoint_state(first.manager)
     assert alone["step"] >= 2  # slot 0's phases committed without slot 1
     # the restarted replica did not measure the link (step 0 is long past): it healed with
     # the plan's timeouts
@@ -130,6 +134,10 @@ def test_a_replica_lost_mid_phase_does_not_lose_the_others_phase(tmp_path: Path)
     assert len({r["params_sha256"] for r in results.values()}) == 1  # healed to the shared weights
     assert any(e["type"] == "step" and e["committed"] and e["participants"] == 2 and e["step"] > alone["step"]
                for e in events)
+    # the newcomer got the shared weights and the outer optimizer, not slot 0's inner AdamW
+    assert "optim" not in sent and "optim" in full and sent["sync"]["outer"]["state"]
+    # weights + outer momentum against weights + outer + inner momentum (SGD here): 2/3
+    assert len(dump_state(sent)) < 0.7 * len(dump_state(full)), (len(dump_state(sent)), len(dump_state(full)))
 
 
 def test_diloco_learns_digits_as_well_as_allreduce(tmp_path: Path) -> None:

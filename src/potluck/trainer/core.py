@@ -62,7 +62,8 @@ class Training:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optim"])
+        if "optim" in state:  # a local-update job's peers send no inner optimizer state
+            self.optimizer.load_state_dict(state["optim"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.recipe.load_extra_state(state.get("extra"))
