@@ -7,8 +7,8 @@ Goals (the job-files issue):
 - with a data set whose ``__getitem__`` costs 1 ms, data waiting stays under 2% of step time;
 - a checkpoint of a 10M-parameter model stalls training by under 1% of a 10-minute run.
 
-Run: ``.venv/bin/python benchmarks/jobfile.py [overhead|gpt|data|checkpoint ...]``; prints
-JSON rows (all parts when none is named).
+Run: ``.venv/bin/python benchmarks/jobfile.py [overhead|gpt|data|checkpoint ...] [--steps=N]``;
+prints JSON rows (all parts when none is named; ``--steps`` sets the gpt and data runs' length).
 """
 
 from __future__ import annotations
@@ -130,7 +130,9 @@ PARTS = {"overhead": overhead, "gpt": gpt, "data": data, "checkpoint": checkpoin
 
 def main() -> None:
     names = [a for a in sys.argv[1:] if a in PARTS] or list(PARTS)
-    emit("jobfile", [PARTS[n]() for n in names])
+    steps = [int(a.split("=", 1)[1]) for a in sys.argv[1:] if a.startswith("--steps=")]
+    emit("jobfile", [PARTS[n](steps[0]) if steps and n in ("gpt", "data") else PARTS[n]()
+                     for n in names])
 
 
 if __name__ == "__main__":
