@@ -32,6 +32,12 @@ def test_the_cost_model_and_auto_choose_by_link() -> None:
     assert slow.mode == "diloco" and slow.wire == "int8" and slow.predicted_fraction >= 0.85
     assert "allreduce would compute 2% of the time" in slow.reason  # 0.3 / (0.3 + 12.7 s)
     assert "diloco-int8 with" in slow.reason
+    # diloco's wire: int8 while its all-gather is cheaper than a bf16 ring, bf16 for many members
+    assert [choose(n=n, values=values, step_s=0.3, link=home).wire for n in (2, 3, 4, 6, 8)] \
+        == ["int8", "int8", "bf16", "bf16", "bf16"]  # at 4 about equal; int8's codec tips it
+    big = choose(n=8, values=values, step_s=0.3, link=home)
+    assert big.mode == "diloco" and "diloco-bf16 with" in big.reason
+    assert big.sync_s == sync_seconds(8, values, "bf16", home) < sync_seconds(8, values, "int8", home)
     # just under the target, where nothing approximate is much faster: stay exact
     near = choose(n=2, values=100_000, step_s=0.1, link=Link(bandwidth_bps=20e9, rtt_s=5e-3))
     assert near.mode == "allreduce" and "1.25x as fast" in near.reason, near

@@ -16,8 +16,10 @@ members over 20 Mbit/s links and holds the model to +-35% (measured: within 15%)
 
 1. ``allreduce`` (exact): ``step / (step + T_sync(fp32))``;
 2. ``allreduce-bf16`` (approximate): half the bytes;
-3. ``diloco`` with the int8 wire (approximate): the inner phase ``H`` is the shortest that
-   reaches the target, ``H = T_sync * target / (1 - target)``, at least ``MIN_PHASE_S``.
+3. ``diloco`` (approximate) with the wire of the shorter predicted sync (int8 up to 3
+   members, bf16 from 4: an int8 all-gather grows with ``N - 1``, a bf16 ring does not): the
+   inner phase ``H`` is the shortest that reaches the target,
+   ``H = T_sync * target / (1 - target)``, at least ``MIN_PHASE_S``.
 
 With ``exact`` only the first is allowed; it is chosen even when it misses the target, and
 the plan says by how much. A strategy the job fixes gets the same prediction
@@ -116,7 +118,10 @@ def choose(*, n: int, values: int, step_s: float, link: Link, target: float = 0.
     f32 = step_s / (step_s + t32)
     t16 = sync_seconds(n, values, "bf16", link)
     f16 = step_s / (step_s + t16)
-    t8 = sync_seconds(n, values, "int8", link)
+    # diloco's wire: int8 all-gathers (N - 1 bytes a value), bf16 rings (4 (N - 1) / N): int8
+    # wins up to 3 members, bf16 from 4 (equal bytes at 4; int8's codec time tips it)
+    wire = min(("int8", "bf16"), key=lambda w: sync_seconds(n, values, w, link))
+    t8 = sync_seconds(n, values, wire, link)
     h = phase_s or min(MAX_PHASE_S, max(MIN_PHASE_S, t8 * target / (1 - target)))
     f8 = h / (h + t8)
     best = f16 if f16 >= target else f8
@@ -129,8 +134,8 @@ def choose(*, n: int, values: int, step_s: float, link: Link, target: float = 0.
     if f16 >= target:
         return Plan("allreduce-bf16", "bf16", 0.0, f16, f32, t16,
                     f"{where}; allreduce would compute {f32:.0%} of the time; bf16 gradients: {f16:.0%}")
-    return Plan("diloco", "int8", round(h, 2), f8, f32, t8,
-                f"{where}; allreduce would compute {f32:.0%} of the time; diloco-int8 with "
+    return Plan("diloco", wire, round(h, 2), f8, f32, t8,
+                f"{where}; allreduce would compute {f32:.0%} of the time; diloco-{wire} with "
                 f"{h:.0f} s phases: predicted {f8:.0%}")
 
 
