@@ -10,8 +10,10 @@ as an attacker on the cluster network would run it):
 - ``replay``: names itself ``rogue.<TAG_SLOT>``, a member tag and slot it captured (tags are
   visible in every quorum) for a slot no real replica holds, so the tag check lets it in;
   on each new gloo group it speaks potluck's proof exchange with a secret it guessed (it
-  does not have the job's) and counts the exchanges in ``OUT_DIR/exchanges``. If a real
-  replica ever sent it gradients, they would arrive in those groups' all-reduces.
+  does not have the job's) and counts the groups it got into in ``OUT_DIR/groups``. If a real
+  replica ever sent it gradients, they would arrive in those groups' all-reduces;
+- ``mute``: the same, but it never answers the proof exchange (it joins the group and stays
+  silent).
 
 It starts its Manager at once and joins when ``OUT_DIR/go`` appears, for SECONDS.
 """
@@ -47,9 +49,10 @@ class PoisonTransport(HTTPTransport):
 
 
 class ReplayGloo(ProcessGroupGloo):
-    """torchft's group that, once configured, answers potluck's proof exchange as best it can."""
+    """torchft's group that, once configured, counts the group and (``replay``) answers
+    potluck's proof exchange as best it can."""
 
-    exchanges = 0
+    groups = 0
 
     def configure(self, store_addr: str, replica_id: str, rank: int, world_size: int,
                   quorum_id: int | None = None, group_rank: int | None = None,
@@ -58,6 +61,10 @@ class ReplayGloo(ProcessGroupGloo):
         super().configure(store_addr, replica_id, rank, world_size, quorum_id, group_rank,
                           group_world_size, global_ranks)
         if world_size < 2:
+            return
+        ReplayGloo.groups += 1
+        (out / "groups").write_text(str(ReplayGloo.groups))
+        if mode == "mute":
             return
         from torch.distributed import AllreduceOptions, ReduceOp
 
@@ -74,8 +81,6 @@ class ReplayGloo(ProcessGroupGloo):
                             members=list(global_ranks or []), allreduce=allreduce)
         except Exception as exc:  # the real replicas hang up on us
             print(f"rogue: proof exchange failed: {exc}", flush=True)
-        ReplayGloo.exchanges += 1
-        (out / "exchanges").write_text(str(ReplayGloo.exchanges))
 
 
 def stolen(state: Any) -> None:
@@ -85,13 +90,13 @@ def stolen(state: Any) -> None:
 store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
 timeout = timedelta(seconds=5)
 manager = Manager(
-    pg=(ReplayGloo if mode == "replay" else ProcessGroupGloo)(timeout=timedelta(seconds=5)),
+    pg=(ReplayGloo if mode in ("replay", "mute") else ProcessGroupGloo)(timeout=timedelta(seconds=5)),
     load_state_dict=stolen, state_dict=lambda: {},
     min_replica_size=1, use_async_quorum=False, timeout=timeout,
     quorum_timeout=timedelta(seconds=10), connect_timeout=timedelta(seconds=5),
     rank=0, world_size=1, store_addr="127.0.0.1", store_port=store.port,
     lighthouse_addr=lighthouse, hostname="127.0.0.1", port=0,
-    replica_id=f"rogue.{captured}" if mode == "replay" else f"node_{mode}_9",
+    replica_id=f"rogue.{captured}" if captured else f"node_{mode}_9",
     checkpoint_transport=PoisonTransport(timeout=timeout, num_chunks=0) if mode == "poison"
     else HTTPTransport(timeout=timeout, num_chunks=0),
     init_sync=False, quorum_retries=0,
