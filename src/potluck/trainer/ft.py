@@ -96,7 +96,7 @@ def _classes() -> tuple[type, type]:
             from torch.distributed import AllreduceOptions, ReduceOp
 
             opts = AllreduceOptions()
-            opts.reduceOp = ReduceOp.SUM
+            opts.reduceOp = ReduceOp.SUM  # type: ignore[assignment]  # torch's stub: RedOpType
             self.allreduce([table], opts).wait(self._timeout)
 
         def errored(self) -> Exception | None:
