@@ -17,6 +17,7 @@ import pytest
 from potluck.contracts.events import parse_event
 from potluck.contracts.jobspec import JobSpec
 from potluck.launcher import LocalCluster
+from potluck.trainer.trust import member_tag, strangers
 
 ROGUE = Path(__file__).with_name("rogue_member.py")
 JOB = {"steps": 60, "global_batch": 32, "policy": "equal", "emulation": {"sample_s": 5e-3}}
@@ -63,6 +64,50 @@ def test_rogue_quorum_member_gets_nothing_and_runs_nothing(tmp_path: Path, mode:
     done = [recs[-1] for recs in records]
     assert all(d["type"] == "done" and d["final_step"] == job.steps - 1 for d in done)
     assert len({d["params_sha256"] for d in done}) == 1
+
+
+@pytest.mark.parametrize("mode", ["replay", "mute"])
+def test_a_replayed_member_tag_gets_into_the_group_but_not_past_the_proof(tmp_path: Path, mode: str) -> None:
+    """The rogue carries a real tag for a slot no replica holds (as if captured from an
+    earlier quorum's replica ids), so the tag check admits it and it reaches the gloo group.
+    replay: it answers the proof exchange without the job's secret; mute: it never answers
+    (the replicas give up after the group's timeout, shortened here). No step with it commits."""
+    job = JobSpec.parse({**JOB, "fault": {"step_timeout_s": 5}} if mode == "mute" else JOB)
+    out = tmp_path / "rogue"
+    out.mkdir()
+    with LocalCluster(job, [1.0, 1.0], tmp_path / "run") as cluster:
+        captured = f"{member_tag(cluster.secret, 7)}_7"
+        assert strangers(cluster.secret, [f"rogue.{captured}:uuid"]) == []  # tags alone: let in
+        rogue = subprocess.Popen(
+            [sys.executable, str(ROGUE), mode, cluster.lighthouse_addr, str(out), "5", captured],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        _wait_for_step(cluster, 3)
+        (out / "go").touch()
+        output, _ = rogue.communicate(timeout=120)
+        codes = cluster.wait(240)
+        records = [cluster.records(s) for s in range(2)]
+    assert codes == {0: 0, 1: 0}
+    for recs in records:
+        for rec in recs:
+            parse_event(rec)
+    alerts = [r["message"] for recs in records for r in recs if r["type"] == "alert"]
+    assert not any("does not carry the job's tag" in m for m in alerts), alerts
+    if mode == "replay":
+        assert any("proof" in m and "_7" in m for m in alerts), alerts
+    else:  # the replicas waited out the exchange, refused the quorum and lived on
+        logs = [(tmp_path / "run" / "replicas" / f"node{s}.log").read_text() for s in range(2)]
+        assert all("proof exchange failed" in log for log in logs)
+    done = [recs[-1] for recs in records]
+    assert all(d["type"] == "done" and d["final_step"] == job.steps - 1 for d in done)
+    assert len({d["params_sha256"] for d in done}) == 1
+    # no step with the rogue in it committed: every committed step had the two replicas or fewer
+    steps = [r for recs in records for r in recs if r["type"] == "step"]
+    assert all(r["participants"] <= 2 for r in steps if r["committed"])
+    assert any(r["participants"] == 3 and not r["committed"] for r in steps), "rogue never in a step"
+    assert rogue.returncode == 0, output
+    assert (out / "groups").exists() and int((out / "groups").read_text()) > 0, \
+        f"the rogue never reached a gloo group with the replicas:\n{output}"
 
 
 def test_checkpoint_server_refuses_requests_without_the_secret(tmp_path: Path) -> None:

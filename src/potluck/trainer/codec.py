@@ -58,10 +58,10 @@ def allreduce_sum(manager: object, pg: object, flat: torch.Tensor, wire: str) ->
     if wire != "int8":
         raise ValueError(f"unknown wire format {wire!r}")
     codes, scales = quantize(flat)
-    size = pg.size()  # type: ignore[attr-defined]
-    out_codes = [[torch.empty_like(codes) for _ in range(size)]]
-    out_scales = [[torch.empty_like(scales) for _ in range(size)]]
     try:
+        size = pg.size()  # type: ignore[attr-defined]  # raises for a refused quorum (no group)
+        out_codes = [[torch.empty_like(codes) for _ in range(size)]]
+        out_scales = [[torch.empty_like(scales) for _ in range(size)]]
         opts = AllgatherOptions()
         pg.allgather(out_codes, [codes], opts).wait()  # type: ignore[attr-defined]
         pg.allgather(out_scales, [scales], opts).wait()  # type: ignore[attr-defined]

@@ -42,7 +42,9 @@ def _classes() -> tuple[type, type]:
 
     class MembershipGloo(ProcessGroupGloo):  # type: ignore[misc,valid-type]
         """A torchft ProcessGroupGloo that exposes the slots of the current quorum, binds
-        gloo to ``bind_host`` and, given a ``guard``, refuses quorums holding strangers."""
+        gloo to ``bind_host`` and, given a ``guard``, refuses quorums holding strangers: a
+        member without the job's tag (checked before the group is built) or without a proof
+        of the job's secret for this quorum (exchanged on the new group, trainer/trust.py)."""
 
         members: list[int] = []
         bind_host: str | None = None
@@ -57,10 +59,7 @@ def _classes() -> tuple[type, type]:
                 try:
                     self.guard.check()
                 except Exception as exc:
-                    # torchft reports this error and skips healing; errored() keeps every
-                    # later step of this quorum discarded (configure runs again only when
-                    # the quorum changes).
-                    self.untrusted = exc
+                    self._refuse(exc)
                     raise
                 self.untrusted = None
             # torchft's global rank of a replica group is the trailing number of its replica
@@ -68,6 +67,37 @@ def _classes() -> tuple[type, type]:
             self.members = list(global_ranks or [])
             super().configure(store_addr, replica_id, rank, world_size, quorum_id, group_rank,
                               group_world_size, global_ranks)
+            if self.guard is not None and world_size > 1:
+                # Before anything else uses the new group: every member proves the secret
+                # (two small SUMs; only here, when the quorum changed).
+                gws = group_world_size or 1
+                try:
+                    # this member's torchft global rank: the id's trailing slot, as torchft reads it
+                    slot = int(re.search(r"(\d+)$", replica_id.split(":", 1)[0]).group(1))  # type: ignore[union-attr]
+                    self.guard.prove(self._sum, quorum_id=-1 if quorum_id is None else quorum_id,
+                                     store_addr=store_addr, rank=rank,
+                                     member=slot * gws + (group_rank or 0),
+                                     members=self.members, group_world_size=gws)
+                except Exception as exc:
+                    self._refuse(exc)
+                    raise
+
+        def _refuse(self, exc: Exception) -> None:
+            """Refuse this quorum: torchft reports ``exc`` from configure and skips healing;
+            errored() keeps every later step of this quorum discarded (configure runs again
+            only when the quorum changes), and without a gloo group no collective of this
+            quorum reaches anyone (each fails at once and is reported as the step's error)."""
+            self.untrusted = exc
+            self.abort(errored=False)
+
+        def _sum(self, table: Any) -> None:
+            """SUM ``table`` in place over the current group, waiting at most the group's
+            timeout (gloo's own timeout bounds it too); raises if it fails."""
+            from torch.distributed import AllreduceOptions, ReduceOp
+
+            opts = AllreduceOptions()
+            opts.reduceOp = ReduceOp.SUM  # type: ignore[assignment]  # torch's stub: RedOpType
+            self.allreduce([table], opts).wait(self._timeout)
 
         def errored(self) -> Exception | None:
             return self.untrusted or super().errored()
@@ -248,7 +278,8 @@ def make_manager(*, name: str, slot: int, lighthouse: str, advertise_host: str,
     today: every process is its group's rank 0).
 
     With ``secret`` (the job's, from the coordinator) the replica id carries the job's tag,
-    every quorum's members are checked (a stranger makes the quorum's steps discard and calls
+    every quorum's members are checked (their tags, then a proof of the secret exchanged on
+    each new gloo group; a stranger makes the quorum's steps discard and calls
     ``on_alert``), and recovery goes through the authenticated, pickle-free
     :class:`~potluck.trainer.checkpoint.SecureCheckpointTransport`.
     """
