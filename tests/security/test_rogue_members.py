@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,16 +35,17 @@ def _wait_for_step(cluster: LocalCluster, step: int, timeout: float = 120) -> No
     raise AssertionError(f"replicas did not reach step {step}")
 
 
-@pytest.mark.parametrize("mode", ["poison", "steal"])
-def test_rogue_quorum_member_gets_nothing_and_runs_nothing(tmp_path: Path, mode: str) -> None:
-    """poison: the rogue claims the highest step and serves a pickle that creates a file when
-    loaded; steal: the rogue joins at step 0 so a real replica sends it the model."""
-    job = JobSpec.parse(JOB)
-    out = tmp_path / "rogue"
+def _attack(job: JobSpec, tmp_path: Path, mode: str, out: Path,
+            extra: Callable[[str], list[str]] = lambda secret: []
+            ) -> tuple[subprocess.Popen[str], str, dict[int, int], list[list[dict]]]:
+    """Two replicas train ``job``; the rogue (``rogue_member.py MODE``, given ``extra(secret)``
+    as further arguments) joins once they are at step 3. Returns the rogue, its output, the
+    replicas' exit codes and their records."""
     out.mkdir()
     with LocalCluster(job, [1.0, 1.0], tmp_path / "run") as cluster:
         rogue = subprocess.Popen(
-            [sys.executable, str(ROGUE), mode, cluster.lighthouse_addr, str(out), "5"],
+            [sys.executable, str(ROGUE), mode, cluster.lighthouse_addr, str(out), "5",
+             *extra(cluster.secret)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         _wait_for_step(cluster, 3)
@@ -51,6 +53,16 @@ def test_rogue_quorum_member_gets_nothing_and_runs_nothing(tmp_path: Path, mode:
         output, _ = rogue.communicate(timeout=120)
         codes = cluster.wait(240)
         records = [cluster.records(s) for s in range(2)]
+    return rogue, output, codes, records
+
+
+@pytest.mark.parametrize("mode", ["poison", "steal"])
+def test_rogue_quorum_member_gets_nothing_and_runs_nothing(tmp_path: Path, mode: str) -> None:
+    """poison: the rogue claims the highest step and serves a pickle that creates a file when
+    loaded; steal: the rogue joins at step 0 so a real replica sends it the model."""
+    job = JobSpec.parse(JOB)
+    out = tmp_path / "rogue"
+    rogue, output, codes, records = _attack(job, tmp_path, mode, out)
     assert rogue.returncode == 0, output
     assert int((out / "rounds").read_text()) > 0, "the rogue never got into a quorum"
     assert not (out / "pwned").exists(), "a replica unpickled the rogue's checkpoint"
@@ -74,19 +86,13 @@ def test_a_replayed_member_tag_gets_into_the_group_but_not_past_the_proof(tmp_pa
     (the replicas give up after the group's timeout, shortened here). No step with it commits."""
     job = JobSpec.parse({**JOB, "fault": {"step_timeout_s": 5}} if mode == "mute" else JOB)
     out = tmp_path / "rogue"
-    out.mkdir()
-    with LocalCluster(job, [1.0, 1.0], tmp_path / "run") as cluster:
-        captured = f"{member_tag(cluster.secret, 7)}_7"
-        assert strangers(cluster.secret, [f"rogue.{captured}:uuid"]) == []  # tags alone: let in
-        rogue = subprocess.Popen(
-            [sys.executable, str(ROGUE), mode, cluster.lighthouse_addr, str(out), "5", captured],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        _wait_for_step(cluster, 3)
-        (out / "go").touch()
-        output, _ = rogue.communicate(timeout=120)
-        codes = cluster.wait(240)
-        records = [cluster.records(s) for s in range(2)]
+
+    def captured(secret: str) -> list[str]:
+        tag = f"{member_tag(secret, 7)}_7"
+        assert strangers(secret, [f"rogue.{tag}:uuid"]) == []  # tags alone: let in
+        return [tag]
+
+    rogue, output, codes, records = _attack(job, tmp_path, mode, out, captured)
     assert codes == {0: 0, 1: 0}
     for recs in records:
         for rec in recs:
