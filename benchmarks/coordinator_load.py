@@ -39,9 +39,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def start_host(state_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+def start_host(state_dir: Path, *extra: str, local_agent: bool = False,
+               ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """``potluck host`` on 127.0.0.1 (ports chosen by the OS; ``extra`` arguments appended,
+    e.g. ``--emulate-speed 1.0`` for its local agent). Returns it and its host.json + token."""
     cmd = [sys.executable, "-m", "potluck", "host", "--advertise", "127.0.0.1", "--port", "0",
-           "--lighthouse-port", "0", "--no-local-agent", "--state-dir", str(state_dir)]
+           "--lighthouse-port", "0", *([] if local_agent else ["--no-local-agent"]),
+           "--state-dir", str(state_dir), *extra]
     log = open(state_dir.parent / "host.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60

@@ -168,6 +168,57 @@ def test_page_files_and_api_carry_the_csp_and_refuse_strangers(cluster_api: dict
     assert [n["name"] for n in resp.json()["nodes"]] == ["ada", "bob", "cy"]
 
 
+def test_the_page_comes_gzipped_in_under_250_kb_and_the_stream_stays_plain(cluster_api: dict[str, Any]) -> None:
+    """Issue 11: the page's whole transfer (HTML, scripts, styles, icon and the first
+    snapshot) is under 250 KB gzipped; the event stream is never compressed or buffered."""
+    url, nodes = cluster_api["url"], cluster_api["nodes"]
+    job_id = start_job(cluster_api)
+    alloc = {str(n.reg.slot): b for n, b in zip(nodes.values(), (48, 32, 16))}
+    for node in nodes.values():
+        node.steps(job_id, range(30), alloc)
+    jar = session(url)
+    page = httpx.get(url + "/").text
+    paths = list(dict.fromkeys(["/", *re.findall(r'(?:src|href)="(/ui/[^"]+)"', page), "/api/v1/dashboard"]))
+    assert len(paths) == 7  # the page, 3 scripts, the styles, the icon, the snapshot
+    sent = 0
+    for path in paths:
+        plain = httpx.get(url + path, cookies=jar, headers={"Accept-Encoding": "identity"})
+        packed = httpx.get(url + path, cookies=jar, headers={"Accept-Encoding": "gzip"})
+        refused = httpx.get(url + path, cookies=jar, headers={"Accept-Encoding": "gzip;q=0"})
+        assert plain.status_code == packed.status_code == refused.status_code == 200, path
+        assert "content-encoding" not in plain.headers and "content-encoding" not in refused.headers, path
+        if len(plain.content) >= routes.GZIP_MIN_BYTES:
+            assert packed.headers["content-encoding"] == "gzip", path
+            assert packed.headers["vary"] == "Accept-Encoding", path
+            assert packed.num_bytes_downloaded < len(plain.content) / 2, path
+        if path != "/api/v1/dashboard":  # a snapshot's heartbeat ages move between two reads
+            assert packed.content == plain.content, path
+        assert "default-src 'self'" in packed.headers["content-security-policy"], path
+        sent += packed.num_bytes_downloaded
+    assert sent < 250_000
+    # The stream: not compressed even when asked, and each event arrives as it happens.
+    with httpx.stream("GET", f"{url}/api/v1/dashboard/stream", cookies=jar, timeout=10,
+                      headers={"Accept-Encoding": "gzip"}) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        assert "content-encoding" not in resp.headers
+        lines = resp.iter_lines()
+        read_events(lines, lambda ev: any(e.get("event") == "snapshot" for e in ev))
+        cluster_api["store"].event("notice", "written while the stream is open")
+        live = read_events(lines, lambda ev: any("written while" in e.get("data", "") for e in ev))
+    assert json.loads(live[-1]["data"])["message"] == "written while the stream is open"
+
+
+def test_gzip_is_taken_only_when_the_client_accepts_it() -> None:
+    assert routes.accepts_gzip("gzip, deflate, br")
+    assert routes.accepts_gzip("br;q=1.0, GZIP;q=0.5")
+    assert routes.accepts_gzip("*")
+    assert not routes.accepts_gzip("")
+    assert not routes.accepts_gzip("identity")
+    assert not routes.accepts_gzip("gzip;q=0")
+    assert not routes.accepts_gzip("gzip;q=0.0, deflate")
+    assert not routes.accepts_gzip("x-gzip")
+
+
 def test_the_session_cookie_only_reads_the_dashboard(cluster_api: dict[str, Any]) -> None:
     url = cluster_api["url"]
     resp = httpx.post(f"{url}/api/v1/session", headers=bearer())

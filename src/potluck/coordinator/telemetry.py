@@ -67,6 +67,9 @@ class Telemetry:
             row["id"]: s.JobProgress(**(loads(row["progress"]) or {}))
             for row in store.jobs_in("queued", "running")
         }
+        self.steps_seen = 0
+        """Committed step events that reached a job's newest step (a change counter: the
+        dashboard streams a fresh snapshot when it moves)."""
         self.first_done_at: dict[int, float] = {}
         """Job id -> when its first replica reported done."""
         self._dirty: set[int] = set()
@@ -126,6 +129,7 @@ class Telemetry:
             for slot in event.allocation or {}:
                 self.slot_seen[int(slot)] = now
             if event.step >= progress.step:
+                self.steps_seen += 1
                 progress.step = event.step
                 progress.loss = event.loss if event.loss is not None else progress.loss
                 if event.samples_per_s:

@@ -2,7 +2,8 @@
 
 Read-only: it reads the coordinator's store and what its parts keep in memory (heartbeat
 times, resources, measured speeds, live progress) and never changes either. Snapshots are
-cached for ``SNAPSHOT_TTL_S`` so any number of open pages costs one build a second.
+cached for ``SNAPSHOT_TTL_S`` (``SNAPSHOT_FRESH_S`` once a new step has been committed), so
+any number of open pages costs at most a few builds a second.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from potluck.dashboard.recorder import JobRecorder
 from potluck.net.address import AddressKind, classify
 
 SNAPSHOT_TTL_S = 0.5
+SNAPSHOT_FRESH_S = 0.2
+"""A cached snapshot older than this is rebuilt when a step was committed since."""
 HISTORY_JOBS = 50
 JOB_EVENTS = 50
 MAX_MARKERS = 200
@@ -90,7 +93,15 @@ class Board:
     def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
         self._recorders: OrderedDict[int, JobRecorder] = OrderedDict()
-        self._cached: tuple[float, d.Snapshot] | None = None
+        self._cached: tuple[float, int, d.Snapshot] | None = None
+        self._static: dict[int, tuple[tuple[str, ...], tuple[Any, ...]]] = {}
+        """Node id -> (its stored hardware, versions, address, interface) and what the
+        rows derive from them, so a snapshot parses them only when they change."""
+
+    @property
+    def steps_seen(self) -> int:
+        """Moves whenever a job commits a step (the stream sends a snapshot then)."""
+        return self.coordinator.telemetry.steps_seen
 
     # jobs ----------------------------------------------------------------------------------
 
@@ -172,18 +183,16 @@ class Board:
         total = sum(live.node_samples.values()) if live else 0
         rows = []
         for r in sorted(c.store.nodes(), key=lambda r: r["slot"]):
-            hw = s.Hardware(**loads(r["hardware"]))
-            versions = s.Versions(**loads(r["versions"]))
+            hw, versions, mismatch, network = self._derived(r)
             alive = r["state"] == "alive"
             age = max(0.0, now - c.membership.last_seen.get(r["id"], r["last_heartbeat"]))
             samples = live.node_samples.get(r["name"]) if live else None
             rows.append(d.NodeRow(
                 id=r["id"], name=r["name"], slot=r["slot"], state=r["state"],
                 address=r["address"], interface=r["interface"],
-                network=network_kind(r["address"], r["interface"]), os=hw.os,
+                network=network, os=hw.os,
                 cpu_cores=hw.cpu_cores, memory_mb=hw.memory_mb, gpus=hw.gpus, speed=r["speed"],
-                versions=versions,
-                version_mismatch=[x.component for x in compare_versions(c.config.versions, versions)],
+                versions=versions, version_mismatch=list(mismatch),
                 heartbeat_age_s=round(age, 2), late=age > c.config.node_timeout_s,
                 measured_samples_per_s=c.telemetry.measured.get(r["id"], r["measured_sps"]),
                 share=live.shares.get(r["name"]) if live else None,
@@ -191,13 +200,32 @@ class Board:
                 samples_fraction=round(samples / total, 4) if samples is not None and total else None,
                 telemetry=c.membership.resources.get(r["id"]) if alive else None,
             ))
+        if len(self._static) > len(rows):  # forgotten nodes
+            self._static = {row.id: self._static[row.id] for row in rows}
         return rows
 
+    def _derived(self, r: Any) -> tuple[Any, ...]:
+        """A node row's hardware, versions, version mismatches and network kind."""
+        key = (r["hardware"], r["versions"], r["address"], r["interface"])
+        known = self._static.get(r["id"])
+        if known is not None and known[0] == key:
+            return known[1]
+        hw = s.Hardware(**loads(r["hardware"]))
+        versions = s.Versions(**loads(r["versions"]))
+        mismatch = tuple(x.component for x in compare_versions(self.coordinator.config.versions, versions))
+        derived = (hw, versions, mismatch, network_kind(r["address"], r["interface"]))
+        self._static[r["id"]] = (key, derived)
+        return derived
+
     def snapshot(self) -> d.Snapshot:
-        """Everything the page shows (cached ``SNAPSHOT_TTL_S``)."""
+        """Everything the page shows (cached ``SNAPSHOT_TTL_S``, ``SNAPSHOT_FRESH_S`` once a
+        step has been committed since)."""
         now = time.time()
-        if self._cached is not None and now - self._cached[0] < SNAPSHOT_TTL_S:
-            return self._cached[1]
+        steps = self.steps_seen
+        if self._cached is not None:
+            age = now - self._cached[0]
+            if age < SNAPSHOT_FRESH_S or (age < SNAPSHOT_TTL_S and steps == self._cached[1]):
+                return self._cached[2]
         c = self.coordinator
         jobs = c.store.jobs(HISTORY_JOBS + 20)
         running = next((r for r in jobs if r["state"] == "running"), None)
@@ -216,7 +244,7 @@ class Board:
             links=[s.LinkFact(**row) for row in c.store.links()],
             last_event_id=c.store.last_event_id(),
         )
-        self._cached = (now, snap)
+        self._cached = (now, steps, snap)
         return snap
 
     # logs and raw data ---------------------------------------------------------------------
