@@ -5,7 +5,8 @@ to 20 Mbit/s by a token bucket (tc tbf), the Lighthouse in a host namespace behi
    members: the collectives are timed the way DiLoCo's sync runs them (sync_member.py), through
    a real torchft Manager and gloo over the limited links.
 2. ``auto`` measures the link at step 0 and chooses: exact ``allreduce`` on an unlimited veth,
-   ``diloco`` on the 20 Mbit/s link, for the same 2.5M-parameter job.
+   ``diloco`` on the 20 Mbit/s link, for the same 2.5M-parameter job; and changes from
+   ``allreduce`` to ``diloco`` when a member behind a 20 Mbit/s link joins a running job.
 
 Needs root and iproute2 (skipped otherwise); all traffic stays in the namespaces made here.
 """
@@ -178,3 +179,33 @@ def test_a_sync_longer_than_the_step_timeout_commits_over_a_slow_link(
     print(plan, [(r["committed"], r["allreduce_s"]) for r in steps])
     assert all(r["committed"] for r in steps) and len(steps) == 3
     assert max(r["allreduce_s"] for r in steps) > 3.0  # longer than the job's step timeout
+
+
+def test_auto_changes_plan_when_a_member_behind_a_slow_link_joins(
+        net: Namespaces, tmp_path: Path) -> None:
+    """Two members on unlimited links start with exact allreduce; a third whose uplink is
+    limited to 20 Mbit/s joins mid-job. In the quorum it joins, every member (the newcomer
+    too: it healed with the plan) probes again and all change to diloco at the same step,
+    then finish the job with identical weights."""
+    job = wide_job()
+    net.limit(RATE_MBIT, members=(2,))
+    with NetnsCluster(job, [1.0, 1.0, 1.0], tmp_path, net, late=(2,)) as cluster:
+        wait_until(lambda: any(r["type"] == "step" and r["committed"] and r["step"] >= 2
+                               for r in cluster.records(0)), 90, "two committed steps")
+        cluster.restart(2)
+        codes = cluster.wait(timeout=180)
+        records = {s: cluster.records(s) for s in (0, 1, 2)}
+    assert codes == {0: 0, 1: 0, 2: 0}, codes
+    plans = {s: [(r["step"], r["plan"]["strategy"], r["plan"]["members"]) for r in rs if r["type"] == "plan"]
+             for s, rs in records.items()}
+    print(plans)
+    assert plans[0] == plans[1] and [p[1:] for p in plans[0]] == [("allreduce", 2), ("diloco", 3)], plans
+    assert plans[2] == plans[0][1:], plans  # the newcomer changed at the same step
+    notices = [r["message"] for r in records[2] if r["type"] == "notice"]
+    assert any(n.startswith("sync plan changed: allreduce -> diloco (int8, ") and
+               "(members 0,1 -> 0,1,2)" in n and "approximate" in n for n in notices), notices
+    done = [next(r for r in rs if r["type"] == "done") for rs in records.values()]
+    assert len({d["params_sha256"] for d in done}) == 1
+    # phases with all three committed after the change
+    assert any(r["type"] == "step" and r["committed"] and r["participants"] == 3 and r["step"] > plans[2][0][0]
+               for r in records[2])

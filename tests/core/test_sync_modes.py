@@ -43,6 +43,12 @@ def test_the_cost_model_and_auto_choose_by_link() -> None:
     assert near.mode == "allreduce" and "1.25x as fast" in near.reason, near
     exact = choose(n=3, values=values, step_s=0.3, link=home, exact=True)
     assert exact.mode == "allreduce" and "--exact" in exact.reason
+    # a job already in local phases stays in them: only the wire and the phase are chosen
+    stay = choose(n=3, values=values, step_s=0.3, link=fast, local_only=True)
+    # (on a fast link int8's encoding costs more than the bytes it saves)
+    assert (stay.mode, stay.wire, stay.phase_s) == ("diloco", "bf16", 2.0) and "stays in them" in stay.reason
+    assert choose(n=2, values=values, step_s=0.3, link=home, local_only=True).phase_s \
+        == choose(n=2, values=values, step_s=0.3, link=home).phase_s
     with pytest.raises(ConfigError, match="forbids the approximate strategy 'diloco'"):
         JobSpec.parse({"sync": {"strategy": "diloco", "exact": True}})
 
@@ -179,3 +185,32 @@ def test_auto_on_loopback_keeps_exact_allreduce(tmp_path: Path) -> None:
     steps = [e for e in events if e["type"] == "step" and e["committed"]]
     assert len(steps) == 5
     assert all(e["sync_bytes"] == plan["sync_bytes"] == 4 * values + 4 * 64 * STAT_WIDTH for e in steps)
+
+
+def test_auto_replans_when_a_replica_joins(tmp_path: Path) -> None:
+    """Two replicas start (plan: allreduce for members 0,1); a third joins mid-job. Every
+    member of the quorum it joins in (the newcomer too, which healed with the plan) probes
+    again and takes the plan for 0,1,2 at that same step; no committed step is lost."""
+    spec = JobSpec.parse({"global_batch": 48, "steps": 80, "sync": "auto",
+                          "emulation": {"sample_s": 1e-3}})
+    with ThreadCluster(spec, [1.0, 1.0, 1.0], tmp_path, late=(2,)) as cluster:
+        cluster.wait_event(0, lambda e: e["type"] == "step" and e["committed"] and e["step"] >= 3)
+        cluster.restart(2)
+        results = cluster.wait()
+        events = {slot: cluster.events(slot) for slot in range(3)}
+    assert len({r["params_sha256"] for r in results.values()}) == 1
+    plans = {slot: [e for e in ev if e["type"] == "plan"] for slot, ev in events.items()}
+    assert [(p["step"], p["plan"]["members"]) for p in plans[0]] == \
+        [(p["step"], p["plan"]["members"]) for p in plans[1]]
+    assert [p["plan"]["members"] for p in plans[0]] == [2, 3] and plans[0][0]["step"] == 0
+    joined = plans[0][1]["step"]
+    assert [(p["step"], p["plan"]["members"]) for p in plans[2]] == [(joined, 3)]
+    assert all(p["plan"]["strategy"] == "allreduce" for ps in plans.values() for p in ps)
+    notes = [e["message"] for e in events[2] if e["type"] == "notice"]
+    assert len(notes) == 1 and notes[0].startswith(
+        "sync plan changed: allreduce -> allreduce (members 0,1 -> 0,1,2): slowest link"), notes
+    # every step committed exactly once, and from the change on with all three
+    committed = [e for e in events[0] if e["type"] == "step" and e["committed"]]
+    assert [e["step"] for e in committed] == list(range(80))
+    assert all(e["participants"] == (3 if e["step"] >= joined else 2) for e in committed)
+    assert [e["step"] for e in events[2] if e["type"] == "step" and e["committed"]] == list(range(joined, 80))

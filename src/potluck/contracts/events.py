@@ -86,7 +86,7 @@ class SyncPlan(BaseModel):
     sync_bytes: Bytes
     """Bytes each member contributes per sync."""
     bandwidth_bps: float = Field(ge=0, le=1e15)
-    """The slowest member's link as measured at step 0 (bits/s)."""
+    """The slowest member's link as measured by the plan's probe (bits/s)."""
     rtt_s: Seconds
     predicted_sync_s: Seconds
     predicted_fraction: Fraction
@@ -97,7 +97,8 @@ class SyncPlan(BaseModel):
 
 
 class PlanEvent(_Event):
-    """The job's sync plan, decided at step 0 by every member from the same measurements."""
+    """The job's sync plan, decided at step 0 (and by `auto` again when the members change)
+    by every member of the quorum from the same measurements."""
 
     type: Literal["plan"] = "plan"
     plan: SyncPlan

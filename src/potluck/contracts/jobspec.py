@@ -145,7 +145,7 @@ class SyncSection(Section):
     strategy: str = Field(default="allreduce", min_length=1, max_length=100)
     """``allreduce`` (exact weighted gradients every step), ``allreduce-bf16`` (the same in
     bf16, approximate), ``diloco`` (local inner phases, approximate) or ``auto`` (chosen from
-    the measured link at job start)."""
+    the measured link at job start, again when the members change)."""
     wire: Literal["fp32", "bf16", "int8"] = "fp32"
     """diloco: the pseudo-gradients' wire format (int8: per-block scaled)."""
     phase_s: float = Field(default=30.0, gt=0, le=3600)

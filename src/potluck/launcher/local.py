@@ -30,7 +30,10 @@ class LocalCluster:
                  host: str = "127.0.0.1", record_indices: bool = False,
                  fail_at: dict[int, int] | None = None, save_model: str | None = None,
                  memory_caps: dict[int, int] | None = None,
-                 speed_changes: dict[int, list[list[float]]] | None = None) -> None:
+                 speed_changes: dict[int, list[list[float]]] | None = None,
+                 late: tuple[int, ...] = ()) -> None:
+        """``late``: slots that do not start with the others; ``restart(slot)`` starts one
+        (it joins the running job and heals from a peer)."""
         self.job = job
         self.speeds = speeds
         self.run_dir = Path(run_dir)
@@ -40,6 +43,7 @@ class LocalCluster:
         self.save_model = save_model
         self.memory_caps = dict(memory_caps or {})
         self.speed_changes = dict(speed_changes or {})
+        self.late = set(late)
         self.procs: dict[int, subprocess.Popen] = {}
         self.lighthouse: Any = None
         self.secret = new_job_secret()
@@ -53,7 +57,7 @@ class LocalCluster:
             run_dir=str(self.run_dir), advertise_host=self.advertise(slot), speed=self.speeds[slot],
             save_model=self.save_model if slot == 0 else None,
             memory_cap=self.memory_caps.get(slot),
-            start_barrier=len(self.speeds), secret=self.secret,
+            start_barrier=len(self.speeds) - len(self.late), secret=self.secret,
             hooks=TestHooks(record_indices=self.record_indices,
                             fail_at_step=self.fail_at.get(slot) if fail else None,
                             speed_changes=[(int(a), float(b)) for a, b in self.speed_changes.get(slot, [])]),
@@ -85,7 +89,8 @@ class LocalCluster:
         (self.run_dir / "replicas").mkdir(exist_ok=True)
         self.lighthouse = self._start_lighthouse()
         for slot in range(len(self.speeds)):
-            self._spawn(self.spec(slot))
+            if slot not in self.late:
+                self._spawn(self.spec(slot))
 
     def _spawn(self, spec: ReplicaSpec) -> None:
         path = self.run_dir / "specs" / f"{spec.name}.json"
@@ -101,7 +106,8 @@ class LocalCluster:
         proc.wait()
 
     def restart(self, slot: int) -> None:
-        """Start ``slot`` again (without its failure injection); it heals from a peer."""
+        """Start ``slot`` again (without its failure injection), or a late slot for the first
+        time; it heals from a peer."""
         spec = self.spec(slot, fail=False).model_copy(update={"start_barrier": 0})
         self._spawn(spec)
 

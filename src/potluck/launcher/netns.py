@@ -105,9 +105,12 @@ class Namespaces:
         _ip("-n", name, "link", "set", "lo", "up")
         return name
 
-    def limit(self, rate_mbit: float | None) -> None:
-        """Limit every member's egress to ``rate_mbit`` (None: unlimited, a veth's speed)."""
-        for m in self.members:
+    def limit(self, rate_mbit: float | None, members: tuple[int, ...] | None = None) -> None:
+        """Limit every member's egress (or only that of ``members``, by index) to
+        ``rate_mbit`` (None: unlimited, a veth's speed)."""
+        for i, m in enumerate(self.members):
+            if members is not None and i not in members:
+                continue
             subprocess.run(["ip", "netns", "exec", m.ns, "tc", "qdisc", "del", "dev", m.iface, "root"],
                            capture_output=True, timeout=30)  # none yet: fine
             if rate_mbit is not None:

@@ -32,7 +32,10 @@ class ThreadCluster:
 
     def __init__(self, job: JobSpec, speeds: list[float], run_dir: str | Path, *,
                  faults: Faults | None = None, memory_caps: dict[int, int] | None = None,
-                 record_indices: bool = False, host: str = "127.0.0.1") -> None:
+                 record_indices: bool = False, host: str = "127.0.0.1",
+                 late: tuple[int, ...] = ()) -> None:
+        """``late``: slots that do not start with the others; ``restart(slot)`` starts one
+        (it joins the running job and heals from a peer)."""
         self.job = job
         self.speeds = speeds
         self.run_dir = Path(run_dir)
@@ -40,6 +43,7 @@ class ThreadCluster:
         self.memory_caps = dict(memory_caps or {})
         self.record_indices = record_indices
         self.host = host
+        self.late = set(late)
         self.lighthouse: Any = None
         self.replicas: dict[int, Replica] = {}
         self.sinks: dict[int, list[ListSink]] = {}
@@ -52,7 +56,7 @@ class ThreadCluster:
             lighthouse=http_url(self.host, lighthouse_port(self.lighthouse)),
             advertise_host=self.host, speed=self.speeds[slot], threads=1,
             memory_cap=self.memory_caps.get(slot),
-            start_barrier=len(self.speeds) if barrier else 0,
+            start_barrier=len(self.speeds) - len(self.late) if barrier else 0,
             hooks=TestHooks(record_indices=self.record_indices),
         )
 
@@ -61,9 +65,10 @@ class ThreadCluster:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.lighthouse = start_lighthouse(self.host, 0)
         # Build every replica first (data, model), then start them together.
-        for slot in range(len(self.speeds)):
+        first = [slot for slot in range(len(self.speeds)) if slot not in self.late]
+        for slot in first:
             self._build(slot, self.spec(slot))
-        for slot in range(len(self.speeds)):
+        for slot in first:
             self._run(slot)
         return self
 
@@ -105,7 +110,8 @@ class ThreadCluster:
         raise TrainingError(f"replica {slot} emitted no such event in {timeout:.0f}s")
 
     def restart(self, slot: int) -> None:
-        """A new replica in ``slot`` (no start barrier): it heals from a peer."""
+        """A new replica in ``slot`` (no start barrier; a late slot's first start too): it
+        heals from a peer."""
         self._build(slot, self.spec(slot, barrier=False))
         self._run(slot)
 

@@ -110,8 +110,12 @@ just under the target: 85% computing is not worth an approximate result)."""
 
 
 def choose(*, n: int, values: int, step_s: float, link: Link, target: float = 0.85,
-           exact: bool = False, phase_s: float | None = None) -> Plan:
-    """The plan for ``n`` members syncing ``values`` numbers after steps of ``step_s``."""
+           exact: bool = False, phase_s: float | None = None, local_only: bool = False) -> Plan:
+    """The plan for ``n`` members syncing ``values`` numbers after steps of ``step_s``.
+
+    ``local_only``: the job already trains in local phases (diloco) and stays in them, so
+    only diloco's wire and phase are chosen (a step-wise job's step counter counts global
+    batches, a diloco job's counts phases: the replica does not switch back)."""
     where = f"slowest link {link.bandwidth_bps / 1e6:.0f} Mbit/s, RTT {link.rtt_s * 1e3:.0f} ms"
     step_s = max(step_s, MIN_STEP_S)
     t32 = sync_seconds(n, values, "fp32", link)
@@ -125,6 +129,10 @@ def choose(*, n: int, values: int, step_s: float, link: Link, target: float = 0.
     h = phase_s or min(MAX_PHASE_S, max(MIN_PHASE_S, t8 * target / (1 - target)))
     f8 = h / (h + t8)
     best = f16 if f16 >= target else f8
+    if local_only and not exact:
+        return Plan("diloco", wire, round(h, 2), f8, f32, t8,
+                    f"{where}; allreduce would compute {f32:.0%} of the time; diloco-{wire} with "
+                    f"{h:.0f} s phases: predicted {f8:.0%} (a job in local phases stays in them)")
     if f32 >= target or exact or best < MIN_GAIN * f32:
         why = (f"{where}; allreduce computes {f32:.0%} of the time" + (
             "" if f32 >= target else f" (below the {target:.0%} target, but --exact)" if exact

@@ -19,8 +19,9 @@ import socket
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -61,6 +62,22 @@ from potluck.trainer.sync import AUTO, LocalWork, SyncResult, make_sync, sync_by
 
 ALONE_WAIT_S = 60.0
 """How long a replica behind the job's step waits for a peer to heal from (see min_step)."""
+
+
+@dataclass(frozen=True)
+class PlanTrial:
+    """An `auto` plan put in force for one step or phase: reported if it commits, undone
+    if it is discarded (the vote is the same on every member, so all keep or all undo)."""
+
+    undo: tuple[Any, str, float, dict[str, Any] | None, tuple[float, float] | None]
+    """The strategy, its wire and phase, the plan and the timeouts before."""
+    event: PlanEvent
+    message: str
+
+
+def plan_name(mode: str, wire: str, phase_s: float) -> str:
+    """``allreduce``, ``allreduce-bf16`` or ``diloco (int8, 27 s phases)``."""
+    return mode + (f" ({wire}, {phase_s:.0f} s phases)" if mode == "diloco" else "")
 
 
 class Replica:
@@ -106,6 +123,9 @@ class Replica:
         self.resumed_from: int | None = None
         self.timeouts: tuple[float, float] | None = None
         """``(collective_s, quorum_s)`` derived from the sync plan (None: the job's)."""
+        self.planned: dict[str, Any] | None = None
+        """`auto`: the plan in force, ``{"members", "mode", "wire", "phase_s"}`` (None: none
+        yet). Part of the recovery state, so a newcomer holds the same plan as its peers."""
 
     def _own_profile(self) -> tuple[float, float]:
         """``(overhead_s, sample_s)`` to share with peers; (0, 0) when nobody needs it.
@@ -155,11 +175,15 @@ class Replica:
             "sync": self.sync.state_dict() if self.sync is not None else {},
             # a replica healing later (or resuming) waits as long as the plan's members do
             "timeouts": list(self.timeouts) if self.timeouts else None,
+            # `auto`'s plan: a newcomer syncs as its peers do and sees the same member change
+            "plan": {**self.planned, "members": list(self.planned["members"])} if self.planned else None,
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "a peer") -> None:
         self.tr.load_state_dict(state)
         self.balancer.load_state_dict(state["balancer"])
+        if state.get("plan") and self.spec.job.sync.strategy == AUTO and self.manager is not None:
+            self._install(state["plan"])  # before the strategy's own state: it may be new
         if self.sync is not None:
             self.sync.load_state_dict(state.get("sync", {}))
         if state.get("timeouts") and self.manager is not None:
@@ -217,10 +241,11 @@ class Replica:
         self.started: float | None = None
         self.last_loss: float | None = None
         try:
+            joined = None
             if not self.sync.local_phase:
-                self._run_steps(manager, pg)
-            if self.sync.local_phase:  # chosen by the job, or by `auto` at step 0
-                self._run_phases(manager, pg)
+                joined = self._run_steps(manager, pg)
+            if self.sync.local_phase:  # chosen by the job, or by `auto` (never back to steps)
+                self._run_phases(manager, pg, joined)
         except BaseException:
             # Dying mid-step: drop out of the group now so peers fail fast, not at a timeout.
             pg.abort(errored=False)
@@ -238,15 +263,19 @@ class Replica:
         return self._finish(self.committed, self.discarded, self.started or ended, ended,
                             self.last_loss)
 
-    def _run_steps(self, manager: Any, pg: Any) -> None:
-        """One torchft step per global batch, until the job's steps are committed (or `auto`
-        chose a local-phase strategy at step 0)."""
+    def _run_steps(self, manager: Any, pg: Any) -> float | None:
+        """One torchft step per global batch, until the job's steps are committed, or until
+        `auto` puts a local-phase plan in force. Returns the seconds of a quorum already
+        held whose phase sync is still to run (this replica healed into a local-phase plan
+        there), else None."""
         tr = self.tr
         alone_since: float | None = None
         while manager.current_step() < tr.total_steps:
             t_quorum = time.perf_counter()
             manager.start_quorum()
             quorum_s = time.perf_counter() - t_quorum
+            if self.sync.local_phase:  # healed with the plan of an `auto` job in phases
+                return quorum_s
             self.step = manager.current_step()
             if self.step >= tr.total_steps:
                 break
@@ -265,13 +294,26 @@ class Replica:
             alone_since = None
             self.started = self.started or time.time()
             self._membership(members)
-            if self.step == 0 and self.spec.job.sync.strategy == AUTO and self._choose_plan(manager, members):
-                return  # a local-phase plan: the probe's step commits empty, phases follow
+            if self.step == 0 and self.spec.job.sync.strategy == AUTO and len(members) == 1:
+                self.log.info("auto: one replica, nothing to sync yet: allreduce")
+            trial = self._choose_plan(manager, members) if self._plan_due(members) else None
+            if trial is not None and self.sync.local_phase:
+                # into local phases: the probe's step commits without an update, phases follow
+                if manager.should_commit():
+                    self.committed += 1
+                    self._plan_kept(trial)
+                    return None
+                self._plan_dropped(trial)
+                self.discarded += 1
+                self.log.warning("step %d discarded (%s)", self.step, manager.errored())
+                continue
             self._decided(self.balancer.allocation_for(members, self.step), members)
             work = self._compute()
             if self.step == 0 and self.spec.job.sync.strategy != AUTO and len(members) > 1:
                 self._plan_fixed(manager, members, work.compute_s)
             result = self.sync.sync(work, members)
+            if trial is not None:
+                (self._plan_kept if result.committed else self._plan_dropped)(trial)
             if result.committed:
                 self.committed += 1
                 self.last_loss = result.loss
@@ -281,50 +323,106 @@ class Replica:
             else:
                 self.discarded += 1
                 self.log.warning("step %d discarded (%s)", self.step, result.error)
+        return None
 
-    def _choose_plan(self, manager: Any, members: list[int]) -> bool:
-        """`auto`: measure the link and this job's step time with every member, choose the
-        mode (trainer/plan.py), log it. True when the plan is a local-phase strategy."""
-        from potluck.trainer.plan import choose, probe_link
+    def _plan_due(self, members: list[int]) -> bool:
+        """`auto`: this quorum's members are not those the plan in force was made for (or
+        there is none yet), and at least two are here to sync. Every member of the quorum
+        holds the same plan (a newcomer healed with it), so all of them decide alike."""
+        return (self.spec.job.sync.strategy == AUTO and len(members) > 1
+                and (self.planned is None or members != self.planned["members"]))
+
+    def _choose_plan(self, manager: Any, members: list[int]) -> PlanTrial | None:
+        """`auto`: measure the link and this job's step time with every member of this
+        quorum, choose the plan (trainer/plan.py) and put it in force for this step or
+        phase. Returns what to report if it commits and to undo if not; None when the probe
+        failed (nothing changes: the step is discarded and the next quorum probes again).
+
+        A job in local phases stays in them (a new wire and phase, the same outer
+        optimizer); a switch into them starts from the shared weights of this quorum."""
+        from potluck.trainer.plan import choose, probe_link, timeouts_for
 
         job = self.spec.job
-        if len(members) < 2:
-            self.log.info("auto: one replica, nothing to sync: allreduce")
-            return False
         share = max(1, job.global_batch // len(members))
         step_s = self.emulator.target_s(share) if self.emulator.active else \
             calibrate(gradient_step(self.tr), min(share, self.tr.train_size))[0] * share
         link, step_s = probe_link(manager, self.spec.slot, job.fault.max_replicas, step_s)
+        if manager.errored() is not None:
+            self.log.warning("auto: the link probe failed (%s); the plan stays", manager.errored())
+            return None
         numel = sum(p.numel() for p in self.tr.model.parameters())
+        local = bool(self.sync.local_phase)
         plan = choose(n=len(members), values=numel, step_s=step_s, link=link,
-                      target=job.sync.target_compute_fraction, exact=job.sync.exact)
-        collective_s, quorum_s = self._adopt(plan, link, members, numel, "auto")
-        message = f"sync plan: {plan.mode}" + (f" ({plan.wire}, {plan.phase_s:.0f} s phases)"
-                                               if plan.mode == "diloco" else "") + f": {plan.reason}"
-        message += f"; timeouts: collective {collective_s:g} s, quorum {quorum_s:g} s"
+                      target=job.sync.target_compute_fraction, exact=job.sync.exact,
+                      local_only=local)
+        timeouts = timeouts_for(plan.sync_s, job.fault.step_timeout_s)
+        before = self.planned
+        name = plan_name(plan.mode, plan.wire, plan.phase_s)
+        if before is None:
+            message = f"sync plan: {name}: {plan.reason}"
+        else:
+            was = plan_name(before["mode"], before["wire"], before["phase_s"])
+            message = (f"sync plan changed: {was} -> {name} (members "
+                       f"{','.join(map(str, before['members']))} -> {','.join(map(str, members))}): "
+                       f"{plan.reason}")
+        message += f"; timeouts: collective {timeouts.collective_s:g} s, quorum {timeouts.quorum_s:g} s"
         if not plan.exact:
             message += "; approximate: not exactly what one machine computes (--exact forbids it)"
-        self.log.info("%s", message)
-        self.sink.emit(NoticeEvent(**self._ident(), message=message[:1000]))
-        self.plan = plan
-        if plan.mode == "allreduce":
-            return False
-        chosen = job.updated({"sync.strategy": plan.mode, "sync.wire": plan.wire,
-                              "sync.phase_s": plan.phase_s or job.sync.phase_s})
-        self.sync = make_sync(chosen, self.tr.model, self.tr.optimizer, manager, self.spec.device,
-                              self.tr.update)
-        self.sync.pg = self.pg
-        if not self.sync.local_phase:
-            return False
-        if manager.should_commit():  # close the probe's step (no update)
-            self.committed += 1
-        return True
+        trial = PlanTrial(
+            undo=(self.sync, getattr(self.sync, "wire", "fp32"), getattr(self.sync, "phase_s", 0.0),
+                  before, self.timeouts),
+            event=self._plan_event(plan, link, members, numel, "auto", timeouts), message=message)
+        self._set_timeouts(timeouts.collective_s, timeouts.quorum_s)
+        self._install({"members": list(members), "mode": plan.mode, "wire": plan.wire,
+                       "phase_s": plan.phase_s})
+        if self.sync.local_phase and not local:  # the samples of the steps committed so far
+            self.sync.samples_done = self.step * job.global_batch
+        return trial
+
+    def _install(self, planned: dict[str, Any]) -> None:
+        """Sync as ``planned`` says from now on: the same strategy object when only its wire
+        or phase changes (a diloco one keeps its outer optimizer), else a new one."""
+        mode, wire, phase_s = str(planned["mode"]), str(planned["wire"]), float(planned["phase_s"])
+        if mode == "diloco" and self.sync.local_phase:
+            self.sync.wire, self.sync.phase_s = wire, phase_s
+        elif mode != self.sync.name:
+            job = self.spec.job
+            chosen = job.updated({"sync.strategy": mode, "sync.wire": wire,
+                                  "sync.phase_s": phase_s or job.sync.phase_s})
+            self.sync = make_sync(chosen, self.tr.model, self.tr.optimizer, self.manager,
+                                  self.spec.device, self.tr.update)
+            self.sync.pg = self.pg
+        self.planned = {"members": [int(m) for m in planned["members"]], "mode": mode,
+                        "wire": wire, "phase_s": phase_s}
+
+    def _plan_kept(self, trial: PlanTrial) -> None:
+        """The step or phase that tried the plan committed: it is the job's plan now."""
+        self.log.info("%s", trial.message)
+        self.sink.emit(trial.event)
+        self.sink.emit(NoticeEvent(**self._ident(), message=trial.message[:1000]))
+
+    def _plan_dropped(self, trial: PlanTrial) -> None:
+        """The step or phase that tried the plan was discarded: back to the plan before it
+        (every member does the same, so the next quorum probes again on all of them)."""
+        sync, wire, phase_s, planned, timeouts = trial.undo
+        self.sync = sync
+        if sync.local_phase:
+            sync.wire, sync.phase_s = wire, phase_s
+        self.planned = planned
+        if timeouts is None:
+            from potluck.trainer.ft import quorum_timeout_s
+
+            step_timeout_s = self.spec.job.fault.step_timeout_s
+            self._set_timeouts(step_timeout_s, quorum_timeout_s(step_timeout_s))
+            self.timeouts = None
+        else:
+            self._set_timeouts(*timeouts)
 
     def _plan_fixed(self, manager: Any, members: list[int], step_s: float) -> None:
         """A strategy the job fixed: measure the link with every member at step 0 (as `auto`
         does) and derive the timeouts from the predicted sync. A probe that failed changes
         nothing: the step is discarded and step 0 probes again."""
-        from potluck.trainer.plan import for_strategy, probe_link
+        from potluck.trainer.plan import for_strategy, probe_link, timeouts_for
 
         job = self.spec.job
         link, slowest = probe_link(manager, self.spec.slot, job.fault.max_replicas, step_s)
@@ -333,7 +431,10 @@ class Replica:
                             n=len(members), values=numel, step_s=slowest, link=link)
         if plan is None or manager.errored() is not None:
             return
-        collective_s, quorum_s = self._adopt(plan, link, members, numel, "job")
+        timeouts = timeouts_for(plan.sync_s, job.fault.step_timeout_s)
+        self._set_timeouts(timeouts.collective_s, timeouts.quorum_s)
+        self.sink.emit(self._plan_event(plan, link, members, numel, "job", timeouts))
+        collective_s, quorum_s = timeouts.collective_s, timeouts.quorum_s
         message = (f"sync: {plan.mode}" + (f" ({plan.wire}, {plan.phase_s:g} s phases)"
                                            if plan.mode == "diloco" else "")
                    + f": {plan.reason}; predicted {plan.sync_s:.1f} s per sync; timeouts: "
@@ -344,47 +445,49 @@ class Replica:
                 message + f" (raised above fault.step_timeout_s {job.fault.step_timeout_s:g} s "
                 "for the predicted sync)")[:1000]))
 
-    def _adopt(self, plan: Any, link: Any, members: list[int], values: int,
-               chosen_by: str) -> tuple[float, float]:
-        """Take the plan's timeouts (every member derives the same from the same plan) and
-        report the plan as an event. Returns ``(collective_s, quorum_s)``."""
-        from potluck.trainer.plan import timeouts_for
-
+    def _plan_event(self, plan: Any, link: Any, members: list[int], values: int,
+                    chosen_by: Literal["auto", "job"], timeouts: Any) -> PlanEvent:
+        """The plan as an event (every member derives the same timeouts from the same plan)."""
         job = self.spec.job
-        timeouts = timeouts_for(plan.sync_s, job.fault.step_timeout_s)
-        self._set_timeouts(timeouts.collective_s, timeouts.quorum_s)
-        self.sink.emit(PlanEvent(**self._ident(), plan=SyncPlan(
+        return PlanEvent(**self._ident(), plan=SyncPlan(
             strategy=plan.mode, wire=plan.wire, phase_s=plan.phase_s, chosen_by=chosen_by,
             members=len(members), values=values,
             sync_bytes=sync_bytes(values, plan.wire, job.fault.max_replicas),
             bandwidth_bps=min(link.bandwidth_bps, 1e15), rtt_s=link.rtt_s,
             predicted_sync_s=round(plan.sync_s, 6),
             predicted_fraction=round(plan.predicted_fraction, 4),
-            collective_timeout_s=timeouts.collective_s, quorum_timeout_s=timeouts.quorum_s)))
-        return timeouts.collective_s, timeouts.quorum_s
+            collective_timeout_s=timeouts.collective_s, quorum_timeout_s=timeouts.quorum_s))
 
     def _set_timeouts(self, collective_s: float, quorum_s: float) -> None:
         set_timeouts(self.manager, self.pg, collective_s=collective_s, quorum_s=quorum_s)
         self.timeouts = (collective_s, quorum_s)
 
-    def _run_phases(self, manager: Any, pg: Any) -> None:
+    def _run_phases(self, manager: Any, pg: Any, joined: float | None = None) -> None:
         """One torchft step per inner phase (diloco), until ``steps x global_batch`` samples
-        are committed."""
+        are committed. ``joined``: the seconds of the quorum this replica healed in from the
+        step loop (it trained nothing in that phase: its first sync contributes nothing)."""
         job = self.spec.job
         budget = self.tr.total_steps * job.global_batch
         while self.sync.samples_done < budget:
-            first = manager.current_step() == 0
-            work = self.sync.phase(self._inner, self.spec.slot, self._identity if first else None)
-            t_quorum = time.perf_counter()
-            manager.start_quorum()  # after the phase: whoever died meanwhile is not in it
-            quorum_s = time.perf_counter() - t_quorum
+            if joined is None:
+                first = manager.current_step() == 0
+                work = self.sync.phase(self._inner, self.spec.slot, self._identity if first else None)
+                t_quorum = time.perf_counter()
+                manager.start_quorum()  # after the phase: whoever died meanwhile is not in it
+                quorum_s = time.perf_counter() - t_quorum
+            else:
+                work = LocalWork(slot=self.spec.slot, samples=0, compute_s=0.0, loss_sum=0.0)
+                quorum_s, joined = joined, None
             self.step = manager.current_step()
             self.started = self.started or time.time()
             members = sorted(pg.members) or [self.spec.slot]
             self._membership(members)
             if self.step == 0 and self.spec.job.sync.strategy != AUTO and len(members) > 1:
                 self._plan_fixed(manager, members, work.compute_s)
+            trial = self._choose_plan(manager, members) if self._plan_due(members) else None
             result = self.sync.sync(work, members)
+            if trial is not None:
+                (self._plan_kept if result.committed else self._plan_dropped)(trial)
             if result.committed:
                 self.committed += 1
                 self.last_loss = result.loss
