@@ -96,6 +96,23 @@ PLAN = {"strategy": "allreduce", "wire": "fp32", "phase_s": 0.0, "chosen_by": "a
 """A step-0 plan event's plan, as a replica of an auto job on loopback reports it."""
 
 
+def test_a_restart_reported_before_the_replica_ever_ran_is_logged(tmp_path: Path) -> None:
+    """A replica killed while still starting is restarted in the same state: the agent's
+    message about it must reach `potluck logs` although the state did not change."""
+    c = make(tmp_path)
+    a = reg(c, "a")
+    job = c.submit(s.JobSubmit(config={"steps": 3, "global_batch": 64}))
+    starting = s.ReplicaReport(job_id=job.id, state="starting")
+    c.heartbeat(a.node_id, s.HeartbeatRequest(replicas=[starting]), a.credential)
+    why = "replica killed by signal 9 (SIGKILL); restarting in 1 s (1 of 5)"
+    for _ in range(2):  # said once, logged once
+        c.heartbeat(a.node_id, s.HeartbeatRequest(replicas=[starting.model_copy(update={"message": why})]),
+                    a.credential)
+    c.heartbeat(a.node_id, s.HeartbeatRequest(replicas=[starting]), a.credential)
+    said = [e.message for e in c.events(job.id)]
+    assert said.count(f"replica on a: starting ({why})") == 1, said
+
+
 def test_job_life_cycle_with_start_barrier(tmp_path: Path) -> None:
     c = make(tmp_path)
     a, b = reg(c, "a"), reg(c, "b")

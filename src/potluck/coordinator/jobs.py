@@ -182,7 +182,8 @@ class Jobs:
         for rep in reports:
             row = self.store.replica(rep.job_id, node["id"])
             if row is None or (row["state"] == rep.state and row["step"] == rep.step
-                               and bool(row["ready"]) == rep.ready):
+                               and bool(row["ready"]) == rep.ready
+                               and (row["message"] or "") == (rep.message or "")):
                 continue
             if row["state"] in FINAL_REPLICA and rep.state != row["state"]:
                 continue
@@ -191,6 +192,10 @@ class Jobs:
                 event = f"replica on {node['name']}: {row['state']} -> {rep.state}"
                 if rep.message:
                     event += f" ({rep.message})"
+            elif rep.message and rep.message != row["message"]:
+                # news in the same state: a replica that crashed before it ever reported
+                # running is restarted while its row still says starting
+                event = f"replica on {node['name']}: {rep.state} ({rep.message})"
             self.store.update_replica(rep.job_id, node["id"], state=rep.state, step=rep.step,
                                       exit_code=rep.exit_code, message=rep.message,
                                       ready=rep.ready, event=event)
