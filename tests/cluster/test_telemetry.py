@@ -70,12 +70,14 @@ def test_going_on_from_a_checkpoint_is_a_restart_even_when_no_step_was_lost(tmp_
     for node in (a, b):
         telemetry.ingest(node, 1, [step(i, 2000.0) for i in range(1, 21)])
     for node in (a, b):
+        # the checkpoint holds 21 committed steps (0-20): the first step after loading it is
+        # step 21 again, as the replica's events say (resumed_from = the checkpoint's count)
         first = step(21, 2000.0)
-        first.resumed_from = 20
+        first.resumed_from = 21
         telemetry.ingest(node, 1, [first, step(22, 2000.0)])
     progress = telemetry.progress[1]
     assert (progress.restarts, progress.steps_lost, progress.step) == (1, 0, 22)
     fresh = step(31, 2000.0)
-    fresh.resumed_from = 30
+    fresh.resumed_from = 31
     telemetry.ingest(a, 2, [fresh, step(32, 2000.0)])
     assert telemetry.progress[2].restarts == 0

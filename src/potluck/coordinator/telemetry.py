@@ -168,8 +168,9 @@ class Telemetry:
         self._node_step[(job_id, node_id)] = event.step
         if last is None:
             return  # this replica's first step in the job (a fresh or a `--resume` job)
-        went_on_from_checkpoint = (event.resumed_from is not None
-                                   and event.step == event.resumed_from + 1)
+        # resumed_from counts the checkpoint's committed steps: the first step trained after
+        # loading it has that index (a replica that healed from a peer instead is further on)
+        went_on_from_checkpoint = event.resumed_from is not None and event.step == event.resumed_from
         if event.step >= last and not went_on_from_checkpoint:
             return
         # The other replicas of the same restart go back too: count it once.
