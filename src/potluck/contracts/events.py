@@ -59,8 +59,9 @@ class StepEvent(_Event):
     samples_per_s: float | None = Field(default=None, ge=0)
     indices: list[Count] | None = Field(default=None, max_length=1 << 20)
     resumed_from: Count | None = None
-    """Set on a replica's first committed step after it loaded a checkpoint: the step the
-    checkpoint was taken after (the host counts a restart when training went on from it)."""
+    """Set on a replica's first committed step after it loaded a checkpoint: the checkpoint's
+    count of committed steps, which is also that first step's index (the host counts a restart
+    when training went on from it)."""
     sync_bytes: Bytes | None = None
     """Bytes this replica contributed to the step's sync (its values in the wire format and
     its statistics)."""
