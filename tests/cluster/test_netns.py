@@ -206,6 +206,8 @@ def test_public_ipv4_plus_ula_host_trains_over_ipv6_end_to_end(cluster: Cluster,
     host = cluster.start_host("", "--name", "a", "--emulate-speed", "1.0", local_agent=True, prefix=in_host)
     assert host["advertise"] == topo["host_addr"]
     assert host["url"] == f"http://[{topo['host_addr']}]:{host['port']}"
+    # the banner follows host.json (a script may read --json's line and go on at once)
+    wait_until(lambda: "Ctrl-C stops the host" in host["proc"].log.read_text(), 30, "the banner")
     said = host["proc"].log.read_text()
     assert "192.0.2.10" in said and "public" in said, said  # the reason names what it skipped
 
