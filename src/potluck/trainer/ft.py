@@ -73,7 +73,11 @@ def _classes() -> tuple[type, type]:
                 gws = group_world_size or 1
                 try:
                     # this member's torchft global rank: the id's trailing slot, as torchft reads it
-                    slot = int(re.search(r"(\d+)$", replica_id.split(":", 1)[0]).group(1))  # type: ignore[union-attr]
+                    from potluck.trainer.trust import slot_of
+
+                    slot = slot_of(replica_id)
+                    if slot is None:
+                        raise ValueError(f"replica id {replica_id!r} ends in no slot")
                     self.guard.prove(self._sum, quorum_id=-1 if quorum_id is None else quorum_id,
                                      store_addr=store_addr, rank=rank,
                                      member=slot * gws + (group_rank or 0),

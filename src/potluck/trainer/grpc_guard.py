@@ -72,8 +72,9 @@ _END_HEADERS, _PADDED, _PRIORITY_FLAG = 0x4, 0x8, 0x20
 _MAX_FRAME = 1 << 24
 _MAX_BLOCK = 64 * 1024
 _PREFACE_TIMEOUT_S = 10.0
+_REFUSAL_BODY = b"only gRPC to this torchft API is served\n"
 _REFUSAL = (b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nConnection: close\r\n"
-            b"Content-Length: 41\r\n\r\nonly gRPC to the Lighthouse API is served\n")
+            b"Content-Length: %d\r\n\r\n%s" % (len(_REFUSAL_BODY), _REFUSAL_BODY))
 
 
 class Refused(Exception):

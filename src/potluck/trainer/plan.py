@@ -30,7 +30,7 @@ the plan says by how much. A strategy the job fixes gets the same prediction
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from potluck.trainer.codec import WIRE_BYTES
 from potluck.trainer.ft import quorum_timeout_s
@@ -109,6 +109,15 @@ least this many times as fast as allreduce (a loaded machine's probe can put a l
 just under the target: 85% computing is not worth an approximate result)."""
 
 
+def _baseline(n: int, values: int, step_s: float, link: Link) -> tuple[str, float, float, float]:
+    """What every plan's reason starts from: the link in words, the step time counted
+    (at least ``MIN_STEP_S``), and exact allreduce's sync seconds and compute fraction."""
+    where = f"slowest link {link.bandwidth_bps / 1e6:.0f} Mbit/s, RTT {link.rtt_s * 1e3:.0f} ms"
+    step_s = max(step_s, MIN_STEP_S)
+    t32 = sync_seconds(n, values, "fp32", link)
+    return where, step_s, t32, step_s / (step_s + t32)
+
+
 def choose(*, n: int, values: int, step_s: float, link: Link, target: float = 0.85,
            exact: bool = False, phase_s: float | None = None, local_only: bool = False) -> Plan:
     """The plan for ``n`` members syncing ``values`` numbers after steps of ``step_s``.
@@ -116,23 +125,21 @@ def choose(*, n: int, values: int, step_s: float, link: Link, target: float = 0.
     ``local_only``: the job already trains in local phases (diloco) and stays in them, so
     only diloco's wire and phase are chosen (a step-wise job's step counter counts global
     batches, a diloco job's counts phases: the replica does not switch back)."""
-    where = f"slowest link {link.bandwidth_bps / 1e6:.0f} Mbit/s, RTT {link.rtt_s * 1e3:.0f} ms"
-    step_s = max(step_s, MIN_STEP_S)
-    t32 = sync_seconds(n, values, "fp32", link)
-    f32 = step_s / (step_s + t32)
+    where, step_s, t32, f32 = _baseline(n, values, step_s, link)
     t16 = sync_seconds(n, values, "bf16", link)
     f16 = step_s / (step_s + t16)
     # diloco's wire: int8 all-gathers (N - 1 bytes a value), bf16 rings (4 (N - 1) / N): int8
     # wins up to 3 members, bf16 from 4 (equal bytes at 4; int8's codec time tips it)
-    wire = min(("int8", "bf16"), key=lambda w: sync_seconds(n, values, w, link))
-    t8 = sync_seconds(n, values, wire, link)
-    h = phase_s or min(MAX_PHASE_S, max(MIN_PHASE_S, t8 * target / (1 - target)))
-    f8 = h / (h + t8)
-    best = f16 if f16 >= target else f8
+    t_local, wire = min(((sync_seconds(n, values, w, link), w) for w in ("int8", "bf16")),
+                        key=lambda tw: tw[0])
+    h = phase_s or min(MAX_PHASE_S, max(MIN_PHASE_S, t_local * target / (1 - target)))
+    f_local = h / (h + t_local)
+    best = f16 if f16 >= target else f_local
+    local = Plan("diloco", wire, round(h, 2), f_local, f32, t_local,
+                 f"{where}; allreduce would compute {f32:.0%} of the time; diloco-{wire} with "
+                 f"{h:.0f} s phases: predicted {f_local:.0%}")
     if local_only and not exact:
-        return Plan("diloco", wire, round(h, 2), f8, f32, t8,
-                    f"{where}; allreduce would compute {f32:.0%} of the time; diloco-{wire} with "
-                    f"{h:.0f} s phases: predicted {f8:.0%} (a job in local phases stays in them)")
+        return replace(local, reason=local.reason + " (a job in local phases stays in them)")
     if f32 >= target or exact or best < MIN_GAIN * f32:
         why = (f"{where}; allreduce computes {f32:.0%} of the time" + (
             "" if f32 >= target else f" (below the {target:.0%} target, but --exact)" if exact
@@ -142,9 +149,7 @@ def choose(*, n: int, values: int, step_s: float, link: Link, target: float = 0.
     if f16 >= target:
         return Plan("allreduce-bf16", "bf16", 0.0, f16, f32, t16,
                     f"{where}; allreduce would compute {f32:.0%} of the time; bf16 gradients: {f16:.0%}")
-    return Plan("diloco", wire, round(h, 2), f8, f32, t8,
-                f"{where}; allreduce would compute {f32:.0%} of the time; diloco-{wire} with "
-                f"{h:.0f} s phases: predicted {f8:.0%}")
+    return local
 
 
 STRATEGY_WIRES = {"allreduce": "fp32", "allreduce-bf16": "bf16"}
@@ -156,10 +161,7 @@ def for_strategy(strategy: str, *, wire: str, phase_s: float, n: int, values: in
     """The prediction for a strategy the job fixed (``allreduce``, ``allreduce-bf16`` or
     ``diloco`` with ``wire`` and ``phase_s``): its sync seconds and compute fraction. None for
     a strategy the cost model does not know (a registered plug-in)."""
-    step_s = max(step_s, MIN_STEP_S)
-    t32 = sync_seconds(n, values, "fp32", link)
-    f32 = step_s / (step_s + t32)
-    where = f"slowest link {link.bandwidth_bps / 1e6:.0f} Mbit/s, RTT {link.rtt_s * 1e3:.0f} ms"
+    where, step_s, t32, f32 = _baseline(n, values, step_s, link)
     if strategy in STRATEGY_WIRES:
         wire = STRATEGY_WIRES[strategy]
         t = sync_seconds(n, values, wire, link)

@@ -23,6 +23,7 @@ from torch.distributed import ReduceOp
 from potluck.contracts.errors import ConfigError, ReplicaMismatchError
 from potluck.contracts.jobspec import JobSpec
 from potluck.registry import Registry
+from potluck.trainer.codec import encoded_bytes
 
 
 @dataclass(frozen=True)
@@ -154,8 +155,6 @@ STAT_WIDTH = 12
 def sync_bytes(values: int, wire: str, slots: int) -> int:
     """Bytes one member contributes to a sync of ``values`` numbers as ``wire`` plus the
     float32 statistics table of ``slots`` slots."""
-    from potluck.trainer.codec import encoded_bytes
-
     return encoded_bytes(values, wire) + 4 * slots * STAT_WIDTH
 
 

@@ -182,7 +182,7 @@ class QuorumGuard:
         except Exception as exc:
             raise UntrustedQuorum(f"quorum {quorum_id}: the members' proof exchange failed "
                                   f"({exc}): not training with this quorum") from exc
-        ids = {_slot(rid): rid for rid in self.last_ids}
+        ids = {slot_of(rid): rid for rid in self.last_ids}
         for m in bad:
             slot = m // max(group_world_size, 1)
             rid = ids.get(slot, f"slot {slot}")
@@ -195,7 +195,8 @@ class QuorumGuard:
             raise UntrustedQuorum(f"quorum {quorum_id}: no valid proof from members {bad}")
 
 
-def _slot(replica_id: str) -> int | None:
+def slot_of(replica_id: str) -> int | None:
+    """The slot torchft reads from a replica id: its trailing digits (before ``:<uuid>``)."""
     m = re.search(r"(\d+)$", replica_id.split(":", 1)[0])
     return int(m.group(1)) if m else None
 
@@ -215,4 +216,4 @@ class _RecordingClient:
 
 
 __all__ = ["new_job_secret", "member_tag", "tagged_replica_id", "strangers", "quorum_proof",
-           "proof_holds", "exchange_proofs", "QuorumGuard", "UntrustedQuorum"]
+           "proof_holds", "exchange_proofs", "slot_of", "QuorumGuard", "UntrustedQuorum"]
