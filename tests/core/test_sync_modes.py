@@ -3,6 +3,7 @@ time-based phases on uneven speeds, its fault tolerance, and its accuracy."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from potluck.launcher.threads import ThreadCluster
 from potluck.trainer.checkpoint import dump_state
 from potluck.trainer.codec import BLOCK, dequantize, encoded_bytes, quantize
 from potluck.trainer.faults import Faults, InjectedFailure
-from potluck.trainer.ft import quorum_timeout_s
+from potluck.trainer.ft import JOIN_TIMEOUT_S, quorum_timeout_s
 from potluck.trainer.plan import Link, choose, for_strategy, sync_seconds, timeouts_for
 from potluck.trainer.sync import STAT_WIDTH, sync_bytes
 
@@ -150,6 +151,37 @@ def test_a_replica_lost_mid_phase_does_not_lose_the_others_phase(tmp_path: Path)
     assert "optim" not in sent and "optim" in full and sent["sync"]["outer"]["state"]
     # weights + outer momentum against weights + outer + inner momentum (SGD here): 2/3
     assert len(dump_state(sent)) < 0.7 * len(dump_state(full)), (len(dump_state(sent)), len(dump_state(full)))
+
+
+def test_three_replicas_take_a_restarted_one_back_without_alternating(tmp_path: Path) -> None:
+    """Three replicas in 4 s phases; one dies and is restarted 0.8 s into the first phase
+    the other two train without it. It trains its own first phase and then waits in its
+    quorum request through most of the others' next phase, longer than the Lighthouse's join
+    timeout. It
+    must join the next quorum with *both* others: the Lighthouse used to form that quorum
+    with the waiting newcomer and the first of the two to arrive, leaving the second out for
+    a phase, which then did the same to the next, and the last one left out finished alone
+    with different weights. Now the three end identical and nobody is left out."""
+    phase_s, late_s = 4.0, 0.8
+    assert phase_s - late_s - JOIN_TIMEOUT_S > 1.0  # the newcomer waits past the join timeout
+    spec = JobSpec.parse({"global_batch": 64, "steps": 110, "lr": 0.05, "policy": "equal",
+                          "emulation": {"sample_s": 4e-3},
+                          "sync": {"strategy": "diloco", "phase_s": phase_s, "inner_batch": 16}})
+    with ThreadCluster(spec, [1.0, 1.0, 1.0], tmp_path, faults=Faults().fail_at(2, 0)) as cluster:
+        assert isinstance(cluster.wait_for(2), InjectedFailure)
+        cluster.wait_event(0, lambda e: e["type"] == "step" and e["committed"] and e["participants"] == 2)
+        time.sleep(late_s)  # the failure's timing, not a wait for something to happen
+        cluster.restart(2)
+        results = cluster.wait()
+        phases = [e for e in cluster.events(0) if e["type"] == "step" and e["committed"]]
+        reborn = [e for e in cluster.sinks[2][-1].records() if e["type"] == "step" and e["committed"]]
+    assert len({r["params_sha256"] for r in results.values()}) == 1
+    assert reborn, "the restarted replica never synced with the others"
+    after = [e for e in phases if e["step"] >= reborn[0]["step"]]
+    assert len(after) >= 2  # it trained with them for at least one more phase
+    # from its return on, every phase had all three: nobody was left out for a phase
+    assert all(e["participants"] == 3 for e in after), [(e["step"], e["participants"]) for e in phases]
+    assert [e["step"] for e in reborn] == [e["step"] for e in after]
 
 
 def test_diloco_learns_digits_as_well_as_allreduce(tmp_path: Path) -> None:

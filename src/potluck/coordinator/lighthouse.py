@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from potluck.contracts.errors import ClusterError, NetworkConfigError, PortInUseError
+from potluck.trainer.ft import JOIN_TIMEOUT_S
 
 
 @dataclass(kw_only=True)
@@ -20,8 +21,9 @@ class LighthouseSettings:
 
     min_replicas: int = 1
     """Smallest group that may train (1: a single survivor keeps going)."""
-    join_timeout_ms: int = 2000
-    """How long a forming quorum waits for known replicas that have not asked yet."""
+    join_timeout_ms: int = int(JOIN_TIMEOUT_S * 1000)
+    """How long a forming quorum waits for known replicas that have not asked yet (the
+    replicas' quorum requests are paced by it: trainer/ft.py ``start_quorum``)."""
     heartbeat_timeout_ms: int = 5000
     """A replica silent this long is dropped from the next quorum."""
 

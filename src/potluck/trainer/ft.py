@@ -27,6 +27,7 @@ import functools
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -222,8 +223,20 @@ def replica_id(name: str, slot: int) -> str:
     return f"{safe}_{slot}"
 
 
+JOIN_TIMEOUT_S = 2.0
+"""Every Lighthouse potluck starts forms a quorum that lacks a live (heartbeating) replica
+this long after its earliest waiting request. :func:`start_quorum` keeps a waiting request
+younger than that (below)."""
+REFRESH_S = JOIN_TIMEOUT_S / 4
+"""A waiting quorum request is sent again this often (well under the join timeout)."""
+LINGER_S = JOIN_TIMEOUT_S + 1.0
+"""... once it has waited this long: longer than the Lighthouse waits for a missing member,
+so a group short of a dead or stuck member still forms its quorum after the join timeout."""
+
+
 def start_lighthouse(bind_host: str = "0.0.0.0", port: int = 0, *, min_replicas: int = 1,
-                     join_timeout_ms: int = 1000, heartbeat_timeout_ms: int = 3000) -> Any:
+                     join_timeout_ms: int = int(JOIN_TIMEOUT_S * 1000),
+                     heartbeat_timeout_ms: int = 3000) -> Any:
     """Start a torchft Lighthouse in this process; :func:`lighthouse_port` gives its port."""
     from torchft.coordination import LighthouseServer
 
@@ -252,6 +265,45 @@ the old Lighthouse hangs this long before it is retried on the new one."""
 def quorum_timeout_s(step_timeout_s: float) -> float:
     """Seconds a quorum request may take for a job whose step timeout is ``step_timeout_s``."""
     return QUORUM_MARGIN * step_timeout_s
+
+
+def start_quorum(manager: Any, *, newcomer: bool = False, patience_s: float = 0.0) -> None:
+    """``manager.start_quorum()``, with the request sent again while it waits.
+
+    torchft's Lighthouse counts its join timeout from the *earliest* waiting request. A
+    replica that waits long (a newcomer while the group computes a diloco phase, or a member
+    that missed a quorum) therefore made the Lighthouse form the next quorum the moment the
+    first of the group arrived, without the others (who arrive milliseconds later): one of
+    them then waited through the next phase in turn, and the group alternated. A request
+    sent again every :data:`REFRESH_S` stays "just joined", so the Lighthouse waits for every
+    live member as usual. A ``newcomer`` (joining a running job) refreshes from the start;
+    any other request only after :data:`LINGER_S`, so that a dead, stuck or stranger process
+    that heartbeats but never asks is still left out after the join timeout.
+
+    Each refresh ends the previous request by its deadline: torchft's Manager then has
+    changed nothing (the quorum call failed before any state), and its failed future is
+    dropped here. Raises TimeoutError after the Manager's quorum timeout plus
+    ``patience_s`` (a newcomer may wait for a whole phase of the others), as
+    ``start_quorum`` does after its timeout."""
+    deadline = time.monotonic() + manager._quorum_timeout.total_seconds() + patience_s
+    wait = REFRESH_S if newcomer else LINGER_S
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            manager.start_quorum(timeout=timedelta(seconds=max(0.05, min(wait, left))))
+            return
+        except TimeoutError:
+            if wait >= left:
+                raise
+            manager._quorum_future = None  # failed before any state changed; ask again
+            wait = REFRESH_S
+
+
+def quorum_id(manager: Any) -> int:
+    """The id of the last quorum this Manager configured (-1: none yet). The Lighthouse
+    numbers quorums in order and gives a new number whenever the members change, so a
+    replica whose id jumps by more than one missed a quorum of the others."""
+    return int(manager._quorum_id)
 
 
 def set_timeouts(manager: Any, pg: Any, *, collective_s: float, quorum_s: float) -> None:
@@ -352,9 +404,12 @@ def make_manager(*, name: str, slot: int, lighthouse: str, advertise_host: str,
                 port=manager_port,
                 checkpoint_transport=transport,
                 init_sync=False,  # every replica builds the same weights from the job's seed
-                # A quorum request that hits a restarting Lighthouse is retried, not fatal
-                # (TORCHFT_QUORUM_RETRIES still overrides).
-                quorum_retries=5,
+                # No retries inside torchft's server: start_quorum() above retries every
+                # failed request itself (a restarting Lighthouse included; the heartbeat loop
+                # reconnects). A server-side retry outlives the request it serves and, sent
+                # after its quorum formed, would enter this replica in the next quorum while
+                # it computes (TORCHFT_QUORUM_RETRIES still overrides).
+                quorum_retries=0,
             )
         unwind.pop_all()
     if manager_guard is not None and group_world_size == 1:

@@ -51,8 +51,9 @@ from potluck.trainer.core import (
 )
 from potluck.trainer.emulation import Emulator, calibrate
 from potluck.trainer.faults import Faults
-from potluck.trainer.ft import make_manager
+from potluck.trainer.ft import make_manager, quorum_id, start_quorum
 from potluck.trainer.loader import Prefetcher
+from potluck.trainer.plan import MAX_PHASE_S
 from potluck.trainer.planning import Planning
 from potluck.trainer.sampler import step_indices
 from potluck.trainer.sinks import EventSink, JsonlSink
@@ -102,6 +103,9 @@ class Replica(Planning):
         self._alerts: set[str] = set()
         self._identity: tuple[str, str] | None = None
         self._data_s = 0.0
+        self._asked = False  # has this process asked for a quorum yet
+        self._missed = False  # the others formed a quorum without this replica since its last group
+        self._alone_since: float | None = None
         self.resumed_from: int | None = None
         self.timeouts: tuple[float, float] | None = None
         """``(collective_s, quorum_s)`` derived from the sync plan (None: the job's)."""
@@ -251,29 +255,16 @@ class Replica(Planning):
         held whose phase sync is still to run (this replica healed into a local-phase plan
         there), else None."""
         tr = self.tr
-        alone_since: float | None = None
         while manager.current_step() < tr.total_steps:
-            t_quorum = time.perf_counter()
-            manager.start_quorum()
-            quorum_s = time.perf_counter() - t_quorum
+            quorum_s = self._quorum(manager)
             if self.sync.local_phase:  # healed with the plan of an `auto` job in phases
                 return quorum_s
             self.step = manager.current_step()
             if self.step >= tr.total_steps:
                 break
             members = sorted(pg.members) or [self.spec.slot]
-            if members == [self.spec.slot] and self.step < self.spec.min_step:
-                # The job is further on, but no peer is here to heal from: wait for one
-                # rather than train the job again alone (the others may be finishing).
-                alone_since = alone_since or time.monotonic()
-                if time.monotonic() - alone_since > ALONE_WAIT_S:
-                    raise NoPeerError(
-                        f"no peer to heal from: the job reached step {self.spec.min_step} but "
-                        f"this replica is at step {self.step} and alone for {ALONE_WAIT_S:.0f} s "
-                        "(the others finished or are gone)")
-                time.sleep(0.5)
+            if self._behind_alone(members):
                 continue
-            alone_since = None
             self.started = self.started or time.time()
             self._membership(members)
             if self.step == 0 and self.spec.job.sync.strategy == AUTO and len(members) == 1:
@@ -313,19 +304,24 @@ class Replica(Planning):
         step loop (it trained nothing in that phase: its first sync contributes nothing)."""
         job = self.spec.job
         budget = self.tr.total_steps * job.global_batch
+        idle = False  # behind and alone: ask for quorums, train no phase, until a peer comes
         while self.sync.samples_done < budget:
             if joined is None:
                 first = manager.current_step() == 0
-                work = self.sync.phase(self._inner, self.spec.slot, self._identity if first else None)
-                t_quorum = time.perf_counter()
-                manager.start_quorum()  # after the phase: whoever died meanwhile is not in it
-                quorum_s = time.perf_counter() - t_quorum
+                work = LocalWork(slot=self.spec.slot, samples=0, compute_s=0.0, loss_sum=0.0) \
+                    if idle else self.sync.phase(self._inner, self.spec.slot,
+                                                 self._identity if first else None)
+                quorum_s = self._quorum(manager)  # after the phase: whoever died meanwhile is not in it
             else:
                 work = LocalWork(slot=self.spec.slot, samples=0, compute_s=0.0, loss_sum=0.0)
                 quorum_s, joined = joined, None
             self.step = manager.current_step()
-            self.started = self.started or time.time()
             members = sorted(pg.members) or [self.spec.slot]
+            idle = self._behind_alone(members)
+            if idle:
+                self.sync.healed()  # its phase is stale: it contributes nothing when a peer comes
+                continue
+            self.started = self.started or time.time()
             self._membership(members)
             if self.step == 0 and self.spec.job.sync.strategy != AUTO and len(members) > 1:
                 self._plan_fixed(manager, members, work.compute_s)
@@ -342,6 +338,52 @@ class Replica(Planning):
             else:
                 self.discarded += 1
                 self.log.warning("phase %d discarded (%s)", self.step, result.error)
+
+    def _quorum(self, manager: Any) -> float:
+        """Ask for the next quorum and return its seconds. The first request of a replica
+        that joins a running job (no start barrier: a restart, a late node) is kept fresh
+        from the start (:func:`~potluck.trainer.ft.start_quorum`); at the job's start, a
+        heartbeating process that never asks (a stranger, one stuck) must not hold the first
+        quorum beyond the join timeout. A quorum id that jumped means the others formed a
+        quorum without this replica."""
+        before = quorum_id(manager)
+        t0 = time.perf_counter()
+        newcomer = not self._asked and self.spec.start_barrier == 0
+        start_quorum(manager, newcomer=newcomer,
+                     patience_s=self._phase_bound() if newcomer else 0.0)
+        self._asked = True
+        after = quorum_id(manager)
+        if before >= 0 and after > before + 1:
+            self._missed = True
+        return time.perf_counter() - t0
+
+    def _phase_bound(self) -> float:
+        """How long the others may compute before they next ask for a quorum: a newcomer to a
+        job in local phases waits for their phase to end (`auto` may be in phases too)."""
+        sync = self.spec.job.sync
+        return sync.phase_s if sync.strategy == "diloco" else MAX_PHASE_S if sync.strategy == AUTO else 0.0
+
+    def _behind_alone(self, members: list[int]) -> bool:
+        """True (after a short pause) while this replica is alone and behind the job: the job
+        is further on than its step (``min_step``), or the others went on without it (it
+        missed a quorum). It waits for a peer to heal from rather than train the job again
+        alone, which would end with different weights (the others may be finishing); after
+        :data:`ALONE_WAIT_S` it gives up with NoPeerError."""
+        if len(members) > 1:
+            self._missed = False
+        behind = self.step < self.spec.min_step or self._missed
+        if members != [self.spec.slot] or not behind:
+            self._alone_since = None
+            return False
+        self._alone_since = self._alone_since or time.monotonic()
+        if time.monotonic() - self._alone_since > ALONE_WAIT_S:
+            where = (f"the job reached step {self.spec.min_step} but this replica is at step "
+                     f"{self.step}" if self.step < self.spec.min_step else
+                     f"the others went on without this replica after step {self.step}")
+            raise NoPeerError(f"no peer to heal from: {where}, and it was alone for "
+                              f"{ALONE_WAIT_S:.0f} s (the others finished or are gone)")
+        time.sleep(0.5)
+        return True
 
     def _inner(self, k: int) -> tuple[int, float, float]:
         """The k-th inner step of this phase: gradients of a batch of this replica's own
