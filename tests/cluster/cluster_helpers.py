@@ -10,6 +10,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+QUICK_LOSS = {"heartbeat_interval_s": 0.5, "node_timeout_s": 3.0}
+"""Host timeouts (``Cluster.start_host(timeouts=...)``) for a test that waits for a node to be
+marked lost: 3 s of silence instead of 6, heartbeats twice as often so a live node on a busy
+machine is not taken for lost."""
+
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
