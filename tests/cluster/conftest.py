@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_helpers import wait_until  # noqa: E402
+from cluster_helpers import BRISK, wait_until  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -86,7 +86,8 @@ class Cluster:
                    timeouts: dict[str, float] | None = None) -> dict[str, Any]:
         """Start ``potluck host`` and wait for its ``host.json``; returns it plus the token.
         ``timeouts`` shortens the host's waits (``POTLUCK_HOST_TIMEOUTS``, coordinator/config.py)
-        for a test that would otherwise sit one out."""
+        for a test that would otherwise sit one out; by default heartbeats and housekeeping
+        are brisker (``BRISK``), every other wait is the product's."""
         self.host_dir = state_dir or self.tmp / "host-state"
         (self.host_dir / "host.json").unlink(missing_ok=True)
         args = ["host", "--state-dir", str(self.host_dir), *(["--advertise", advertise] if advertise else [])]
@@ -96,7 +97,8 @@ class Cluster:
             args += ["--lighthouse-port", "0"]
         if not local_agent:
             args.append("--no-local-agent")
-        env = {"POTLUCK_HOST_TIMEOUTS": ",".join(f"{k}={v}" for k, v in timeouts.items())} if timeouts else {}
+        waits = BRISK if timeouts is None else timeouts
+        env = {"POTLUCK_HOST_TIMEOUTS": ",".join(f"{k}={v}" for k, v in waits.items())}
         proc = self.spawn(name, [*args, *extra], prefix=prefix, **env)
         path = self.host_dir / "host.json"
 

@@ -27,6 +27,8 @@ class Timeouts:
     """How often agents heartbeat (they are told so when they register)."""
     node_timeout_s: float = 6.0
     """A node silent for this long is marked lost (unless its replica still commits steps)."""
+    housekeeping_interval_s: float = 1.0
+    """How often the host marks silent nodes lost, ends finished jobs and starts queued ones."""
     straggler_grace_s: float = 60.0
     """After the first replica finishes, how long the others get to finish before the job ends."""
     barrier_timeout_s: float = 90.0

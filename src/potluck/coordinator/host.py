@@ -235,7 +235,7 @@ class Host:
                 host._stop_local_agent()
                 self.should_exit = True
 
-        app = create_app(self.coordinator, self.config.token,
+        app = create_app(self.coordinator, self.config.token, tick_s=self.config.timeouts.housekeeping_interval_s,
                          metrics_token=self.config.metrics_token, routers=self.routers)
         server = _Server(
             uvicorn.Config(
