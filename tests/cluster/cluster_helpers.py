@@ -10,6 +10,15 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+BRISK = {"heartbeat_interval_s": 0.5, "housekeeping_interval_s": 0.25}
+"""Host timeouts every ``Cluster.start_host`` uses unless told otherwise: agents heartbeat
+twice a second and the host looks at its nodes and jobs four times a second, so a job is
+picked up and its end is seen sooner (the 6 s node timeout and every other wait stay)."""
+QUICK_LOSS = {**BRISK, "node_timeout_s": 3.0}
+"""Host timeouts (``Cluster.start_host(timeouts=...)``) for a test that waits for a node to be
+marked lost: 3 s of silence instead of 6 (six heartbeats, so a live node on a busy machine is
+not taken for lost)."""
+
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_helpers import wait_until  # noqa: E402
+from cluster_helpers import BRISK, wait_until  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -82,8 +82,12 @@ class Cluster:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=self.env(**env))
 
     def start_host(self, advertise: str = "127.0.0.2", *extra: str, name: str = "host", local_agent: bool = False,
-                   state_dir: Path | None = None, prefix: list[str] | None = None) -> dict[str, Any]:
-        """Start ``potluck host`` and wait for its ``host.json``; returns it plus the token."""
+                   state_dir: Path | None = None, prefix: list[str] | None = None,
+                   timeouts: dict[str, float] | None = None) -> dict[str, Any]:
+        """Start ``potluck host`` and wait for its ``host.json``; returns it plus the token.
+        ``timeouts`` shortens the host's waits (``POTLUCK_HOST_TIMEOUTS``, coordinator/config.py)
+        for a test that would otherwise sit one out; by default heartbeats and housekeeping
+        are brisker (``BRISK``), every other wait is the product's."""
         self.host_dir = state_dir or self.tmp / "host-state"
         (self.host_dir / "host.json").unlink(missing_ok=True)
         args = ["host", "--state-dir", str(self.host_dir), *(["--advertise", advertise] if advertise else [])]
@@ -93,7 +97,9 @@ class Cluster:
             args += ["--lighthouse-port", "0"]
         if not local_agent:
             args.append("--no-local-agent")
-        proc = self.spawn(name, [*args, *extra], prefix=prefix)
+        waits = BRISK if timeouts is None else timeouts
+        env = {"POTLUCK_HOST_TIMEOUTS": ",".join(f"{k}={v}" for k, v in waits.items())}
+        proc = self.spawn(name, [*args, *extra], prefix=prefix, **env)
         path = self.host_dir / "host.json"
 
         def ready() -> dict[str, Any] | None:

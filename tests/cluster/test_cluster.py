@@ -10,7 +10,7 @@ import subprocess
 import sys
 from typing import Any
 
-from cluster_helpers import free_port, wait_until
+from cluster_helpers import QUICK_LOSS, free_port, wait_until
 
 from conftest import Cluster
 from potluck.agent.node import MAX_RESTARTS
@@ -91,7 +91,7 @@ def test_killed_agent_is_lost_then_rejoins_the_running_job(cluster: Cluster) -> 
     """A machine vanishes mid-job (SIGKILL of its agent and replica) and comes back: the
     others go on without it, and it is re-assigned the job and heals into the group. The job
     is long on purpose and cancelled once that is shown, so no step count races the test."""
-    host = cluster.start_host("127.0.0.2")
+    host = cluster.start_host("127.0.0.2", timeouts=QUICK_LOSS)
     cluster.start_agent(host, "b", "127.0.0.3", 1.0)
     c = cluster.start_agent(host, "c", "127.0.0.4", 0.5)
     wait_until(lambda: len(cluster.nodes()) == 2, 60, "two nodes to join")
@@ -140,7 +140,7 @@ def test_killed_agent_is_lost_then_rejoins_the_running_job(cluster: Cluster) -> 
 def test_forgetting_a_lost_node_ends_its_orphan_job_and_frees_its_name(cluster: Cluster) -> None:
     """The only node vanishes mid-job: `potluck forget` removes it, the job stops waiting for
     it (the queued job is next), and the machine joins again under its name and slot."""
-    host = cluster.start_host("127.0.0.2")
+    host = cluster.start_host("127.0.0.2", timeouts={**QUICK_LOSS, "orphan_grace_s": 2.0})
     b = cluster.start_agent(host, "b", "127.0.0.3", 1.0)
     wait_until(lambda: "b" in cluster.nodes(), 60, "b to join")
     long = cluster.cli("train", *JOB, "--steps", "5000", "--config", job_yaml(cluster), "--detach", "--json")

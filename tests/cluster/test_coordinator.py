@@ -15,6 +15,7 @@ from potluck.cli import cluster_view as view
 from potluck.contracts import wire as s
 from potluck.contracts.errors import ConfigError, ConflictError, VersionMismatchError
 from potluck.contracts.versions import compare_versions, local_versions
+from potluck.coordinator.config import Timeouts
 from potluck.coordinator.service import Coordinator, CoordinatorConfig
 from potluck.coordinator.store import Store
 
@@ -27,7 +28,8 @@ def make(tmp_path: Path) -> Coordinator:
     return Coordinator(
         store,
         CoordinatorConfig(state_dir=tmp_path, advertise="127.0.0.2", port=7077,
-                          lighthouse_port=7078, versions=VERSIONS, node_timeout_s=5.0),
+                          lighthouse_port=7078, versions=VERSIONS,
+                          timeouts=Timeouts(node_timeout_s=5.0)),
     )
 
 
@@ -56,6 +58,19 @@ def test_version_mismatch_is_refused_and_nothing_stored(tmp_path: Path) -> None:
     assert err.value.diffs[0]["component"] == "torch"
     assert "2.12.0" in str(err.value) and "2.13.0" in str(err.value)
     assert c.nodes() == []
+
+
+def test_host_timeouts_come_from_the_environment_and_bad_ones_are_named() -> None:
+    assert Timeouts.from_env({}) == Timeouts()
+    got = Timeouts.from_env({"POTLUCK_HOST_TIMEOUTS": " node_timeout_s=3, orphan_grace_s = 0.5 "})
+    assert (got.node_timeout_s, got.orphan_grace_s, got.orphan_timeout_s) == (3.0, 0.5, 120.0)
+    for raw, named in (("nodes=3", "'nodes=3' is not NAME=SECONDS"), ("node_timeout_s", "NAME=SECONDS"),
+                       ("orphan_grace_s=soon", "orphan_grace_s must be a number of seconds, got 'soon'"),
+                       ("straggler_grace_s=-1", "straggler_grace_s must be a positive number"),
+                       ("barrier_timeout_s=nan", "barrier_timeout_s must be a positive number"),
+                       ("node_timeout_s=1.5", "node_timeout_s must be at least twice heartbeat_interval_s")):
+        with pytest.raises(ConfigError, match=named):
+            Timeouts.from_env({"POTLUCK_HOST_TIMEOUTS": raw})
 
 
 def test_cuda_and_cpu_builds_of_one_torch_are_compatible() -> None:

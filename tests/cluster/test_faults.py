@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cluster_helpers import free_port, wait_until
+from cluster_helpers import QUICK_LOSS, free_port, wait_until
 from test_cluster import JOB, job, job_yaml
 
 from conftest import Cluster, Proc
@@ -72,8 +72,8 @@ def host_with_local_agent(cluster: Cluster) -> tuple[dict[str, Any], tuple[str, 
     return host, args
 
 
-def two_agents(cluster: Cluster) -> tuple[dict[str, Any], list[Proc]]:
-    host = cluster.start_host("127.0.0.2")
+def two_agents(cluster: Cluster, timeouts: dict[str, float] | None = None) -> tuple[dict[str, Any], list[Proc]]:
+    host = cluster.start_host("127.0.0.2", timeouts=timeouts)
     agents = [cluster.start_agent(host, n, a, 1.0) for n, a in (("b", "127.0.0.3"), ("c", "127.0.0.4"))]
     wait_until(lambda: len(cluster.nodes()) == 2, 60, "two nodes to join")
     return host, agents
@@ -147,8 +147,8 @@ def test_every_agent_killed_and_restarted_resumes_from_the_last_checkpoint(clust
     """All machines vanish at once mid-job (agents and replicas killed) and come back: no
     peer is left to heal from, so training resumes from the last checkpoint on the host, not
     from step 0; the log, the job's message and the summary say so."""
-    host, agents = two_agents(cluster)
-    out = cluster.cli("train", *JOB, "--steps", "200", "--config",
+    host, agents = two_agents(cluster, QUICK_LOSS)
+    out = cluster.cli("train", *JOB, "--steps", "60", "--config",
                       job_yaml(cluster, checkpoint_every_steps=10), "--detach", "--json")
     assert out.returncode == 0, out.stderr
     job_id = json.loads(out.stdout)["job_id"]
@@ -169,7 +169,7 @@ def test_every_agent_killed_and_restarted_resumes_from_the_last_checkpoint(clust
     assert resumed, log
     step = int(resumed.group(1))
     assert step > 0 and step % 10 == 0  # a checkpoint's step, not step 0
-    assert final["summary"]["restarts"] == 1 and final["summary"]["checkpoint_step"] == 200
+    assert final["summary"]["restarts"] == 1 and final["summary"]["checkpoint_step"] == 60
     assert "starting a replica in slot" in cluster.procs[-1].log.read_text()
 
 
@@ -177,8 +177,8 @@ def test_a_frozen_agent_whose_replica_still_trains_is_not_lost(cluster: Cluster)
     """SIGSTOP freezes c's agent only (its replica runs in its own session and keeps
     training): c stays alive, because b's committed steps still include c's slot. When the
     agent thaws, everything goes on; the job ends on both nodes with identical parameters."""
-    _, (_, c) = two_agents(cluster)
-    job_id = submit(cluster, 300)
+    _, (_, c) = two_agents(cluster, QUICK_LOSS)
+    job_id = submit(cluster, 240)  # about 8 s: training goes on well past the node timeout
 
     c.popen.send_signal(signal.SIGSTOP)
     try:
@@ -189,8 +189,9 @@ def test_a_frozen_agent_whose_replica_still_trains_is_not_lost(cluster: Cluster)
                 return bool(db.execute("SELECT 1 FROM events WHERE message LIKE ?",
                                        ("c's agent is silent, but its replica still commits steps%",)).fetchall())
 
-        wait_until(noticed, 30, "the host to notice the silent agent")  # past the 6 s node timeout
-        wait_until(lambda: time.monotonic() - t0 > 9 and job(cluster, job_id)["progress"]["step"] >= frozen_at + 20,
+        wait_until(noticed, 30, "the host to notice the silent agent")  # past the node timeout
+        past = 1.5 * QUICK_LOSS["node_timeout_s"]
+        wait_until(lambda: time.monotonic() - t0 > past and job(cluster, job_id)["progress"]["step"] >= frozen_at + 20,
                    60, "training to go on past the node timeout")
         assert cluster.nodes()["c"]["state"] == "alive"
         assert job(cluster, job_id)["progress"]["participants"] == 2

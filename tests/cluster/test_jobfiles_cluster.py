@@ -37,8 +37,15 @@ def train(cluster: Cluster, *args: str) -> dict:
     return json.loads(out.stdout)
 
 
-def test_a_job_folder_is_shipped_trains_and_the_model_comes_back(cluster: Cluster) -> None:
+def test_job_folders_on_a_cluster(cluster: Cluster) -> None:
+    """One cluster (a host and two agents) for both stories: starting it costs more than
+    either. The working job first: the bundle check counts the agents' unpacked bundles."""
     two_agents(cluster)
+    a_job_folder_is_shipped_trains_and_the_model_comes_back(cluster)
+    a_job_that_cannot_run_stops_before_it_starts(cluster)
+
+
+def a_job_folder_is_shipped_trains_and_the_model_comes_back(cluster: Cluster) -> None:
     folder = job_folder(cluster)
     cfg = cluster.tmp / "fast.yaml"
     cfg.write_text("fault: {step_timeout_s: 8}\ncheckpoint: {every_steps: 3}\n")
@@ -75,9 +82,8 @@ def test_a_job_folder_is_shipped_trains_and_the_model_comes_back(cluster: Cluste
     assert f"resumes job {job_id} from its checkpoint after step 7" in log, log
 
 
-def test_a_job_that_cannot_run_stops_before_it_starts(cluster: Cluster) -> None:
-    two_agents(cluster)
-    folder = job_folder(cluster)
+def a_job_that_cannot_run_stops_before_it_starts(cluster: Cluster) -> None:
+    folder = job_folder(cluster, "broken")
     need = cluster.tmp / "need.yaml"
     need.write_text("requirements: ['no-such-package-potluck>=1.0']\nfault: {step_timeout_s: 8}\n")
     out = cluster.cli("train", str(folder / "chargpt.py"), "--config", str(need), "--json", timeout=120)

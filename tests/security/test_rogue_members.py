@@ -21,7 +21,7 @@ from potluck.launcher import LocalCluster
 from potluck.trainer.trust import member_tag, strangers
 
 ROGUE = Path(__file__).with_name("rogue_member.py")
-JOB = {"steps": 60, "global_batch": 32, "policy": "equal", "emulation": {"sample_s": 5e-3}}
+JOB = {"steps": 30, "global_batch": 32, "policy": "equal", "emulation": {"sample_s": 5e-3}}
 
 
 def _wait_for_step(cluster: LocalCluster, step: int, timeout: float = 120) -> None:
@@ -44,7 +44,7 @@ def _attack(job: JobSpec, tmp_path: Path, mode: str, out: Path,
     out.mkdir()
     with LocalCluster(job, [1.0, 1.0], tmp_path / "run") as cluster:
         rogue = subprocess.Popen(
-            [sys.executable, str(ROGUE), mode, cluster.lighthouse_addr, str(out), "5",
+            [sys.executable, str(ROGUE), mode, cluster.lighthouse_addr, str(out), "3",
              *extra(cluster.secret)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
@@ -84,7 +84,7 @@ def test_a_replayed_member_tag_gets_into_the_group_but_not_past_the_proof(tmp_pa
     earlier quorum's replica ids), so the tag check admits it and it reaches the gloo group.
     replay: it answers the proof exchange without the job's secret; mute: it never answers
     (the replicas give up after the group's timeout, shortened here). No step with it commits."""
-    job = JobSpec.parse({**JOB, "fault": {"step_timeout_s": 5}} if mode == "mute" else JOB)
+    job = JobSpec.parse({**JOB, "fault": {"step_timeout_s": 3}} if mode == "mute" else JOB)
     out = tmp_path / "rogue"
 
     def captured(secret: str) -> list[str]:

@@ -125,6 +125,7 @@ def host(
     """Start the coordinator (API, Lighthouse, local agent) and print the join command."""
     from potluck.contracts.versions import local_versions
     from potluck.coordinator.auth import load_or_create_metrics_token, load_or_create_token
+    from potluck.coordinator.config import Timeouts
     from potluck.coordinator.host import Host, HostConfig
     from potluck.dashboard.routes import dashboard_router
     from potluck.doctor.rounds import doctor_router
@@ -158,7 +159,7 @@ def host(
         state_dir=sd, advertise=choice.address, interface=choice.interface, port=port,
         lighthouse_port=lighthouse_port, token=the_token,
         metrics_token=load_or_create_metrics_token(sd), versions=local_versions(),
-        local_agent=not no_local_agent, agent_args=agent_args,
+        local_agent=not no_local_agent, agent_args=agent_args, timeouts=Timeouts.from_env(),
     )
     the_host = Host(config, routers=[doctor_router, dashboard_router])
 

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 from potluck.contracts.errors import ExperimentDirError, PortInUseError, StorageError
 from potluck.contracts.wire import Versions
 from potluck.coordinator.auth import write_private
+from potluck.coordinator.config import Timeouts
 from potluck.coordinator.lighthouse import Lighthouse, LighthouseSettings, check_port_free
 from potluck.coordinator.service import Coordinator, CoordinatorConfig
 from potluck.coordinator.store import Store
@@ -86,10 +87,8 @@ class HostConfig:
     """Extra ``potluck join`` arguments for the local agent (``--emulate-speed``, ``--name``)."""
     lighthouse: LighthouseSettings = field(default_factory=LighthouseSettings)
     """Quorum settings."""
-    heartbeat_interval_s: float = 1.0
-    """How often agents heartbeat."""
-    node_timeout_s: float = 6.0
-    """Silence after which a node is marked lost."""
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    """Heartbeats, lost nodes and the waits of a job's life cycle (``POTLUCK_HOST_TIMEOUTS``)."""
 
     @property
     def url(self) -> str:
@@ -208,8 +207,7 @@ class Host:
                 port=config.port,
                 lighthouse_port=config.lighthouse_port,
                 versions=config.versions,
-                heartbeat_interval_s=config.heartbeat_interval_s,
-                node_timeout_s=config.node_timeout_s,
+                timeouts=config.timeouts,
             ),
         )
         self.agent: subprocess.Popen[bytes] | None = None
@@ -237,7 +235,7 @@ class Host:
                 host._stop_local_agent()
                 self.should_exit = True
 
-        app = create_app(self.coordinator, self.config.token,
+        app = create_app(self.coordinator, self.config.token, tick_s=self.config.timeouts.housekeeping_interval_s,
                          metrics_token=self.config.metrics_token, routers=self.routers)
         server = _Server(
             uvicorn.Config(

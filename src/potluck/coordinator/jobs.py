@@ -29,14 +29,6 @@ log = get_logger("coordinator.jobs")
 
 ACTIVE_REPLICA = ("assigned", "starting", "running")
 FINAL_REPLICA = ("done", "failed", "stopped")
-STRAGGLER_GRACE_S = 60.0
-"""After the first replica finishes, how long the others get to finish before the job ends."""
-BARRIER_TIMEOUT_S = 90.0
-"""The first step starts when every first replica is ready, or after this long anyway."""
-ORPHAN_TIMEOUT_S = 120.0
-"""A running job with no active replica for this long fails (every node lost for good)."""
-ORPHAN_GRACE_S = 20.0
-"""... or for this long when none of its nodes is lost (they left, failed or were forgotten)."""
 
 
 def job_spec_from(raw: object) -> JobSpec:
@@ -271,7 +263,7 @@ class Jobs:
         active = [r for r in replicas if r["state"] in ACTIVE_REPLICA]
         if job_id not in self.released and active:
             ready = all(r["ready"] or r["state"] == "running" for r in active)
-            if ready or now - (job["started_at"] or now) > BARRIER_TIMEOUT_S:
+            if ready or now - (job["started_at"] or now) > self.config.timeouts.barrier_timeout_s:
                 self.released.add(job_id)
                 why = "all replicas ready" if ready else "start barrier timed out"
                 self.store.event("job", f"training starts ({why})", job_id=job_id)
@@ -289,7 +281,7 @@ class Jobs:
         restarted = self._restarted(job_id)
         if done and not active:
             self.finish(job_id, "succeeded", f"finished on {len(done)} node(s){restarted}")
-        elif done and now - first_done > STRAGGLER_GRACE_S:
+        elif done and now - first_done > self.config.timeouts.straggler_grace_s:
             self.finish(job_id, "succeeded", f"finished (stragglers stopped){restarted}")
         elif active or not replicas:
             self._no_active_since.pop(job_id, None)
@@ -303,7 +295,8 @@ class Jobs:
             # a restarted host's own agent rejoins: the queue moves on.
             lost = any(r["state"] == "lost" for r in replicas)
             waited = now - self._no_active_since.setdefault(job_id, now)
-            if waited > (ORPHAN_TIMEOUT_S if lost else ORPHAN_GRACE_S):
+            waits = self.config.timeouts
+            if waited > (waits.orphan_timeout_s if lost else waits.orphan_grace_s):
                 self.finish(job_id, "failed", "no replica left running (all nodes lost or failed)"
                             if lost else "no replica left running: every node left, failed or "
                             "was forgotten")

@@ -60,7 +60,7 @@ class Membership:
         log.info("node %s registered (id %s, slot %s)", name, node_id, slot)
         self._credentials[node_id] = _hash(credential)
         return s.RegisterResponse(node_id=node_id, name=name, slot=slot,
-                                  heartbeat_interval_s=self.config.heartbeat_interval_s,
+                                  heartbeat_interval_s=self.config.timeouts.heartbeat_interval_s,
                                   lighthouse=self.config.lighthouse, credential=credential)
 
     def authenticate(self, node_id: int, credential: str | None) -> None:
@@ -141,7 +141,7 @@ class Membership:
         """Mark nodes silent for ``node_timeout_s`` lost, unless their slot is in ``training``
         (slots other replicas reported in committed steps within the timeout): a frozen or
         cut-off agent whose replica still trains is not lost, the replica is the truth."""
-        timeout = self.config.node_timeout_s
+        timeout = self.config.timeouts.node_timeout_s
         for row in self.store.nodes():
             silent = row["state"] == "alive" and now - self.last_seen.get(row["id"], 0) > timeout
             if silent and row["slot"] in training:

@@ -51,8 +51,8 @@ class Coordinator:
         return s.ClusterInfo(api_version=s.API_VERSION, versions=c.versions,
                              lighthouse=c.lighthouse, advertise=c.advertise, port=c.port,
                              lighthouse_port=c.lighthouse_port,
-                             heartbeat_interval_s=c.heartbeat_interval_s,
-                             node_timeout_s=c.node_timeout_s)
+                             heartbeat_interval_s=c.timeouts.heartbeat_interval_s,
+                             node_timeout_s=c.timeouts.node_timeout_s)
 
     # nodes ---------------------------------------------------------------------------------
 
@@ -176,7 +176,7 @@ class Coordinator:
         failed: StorageError | None = None
         for part in (lambda: self.membership.flush(self.telemetry.measured),
                      lambda: self.membership.mark_lost(
-                         now, self.telemetry.training_slots(now - self.config.node_timeout_s)),
+                         now, self.telemetry.training_slots(now - self.config.timeouts.node_timeout_s)),
                      self.telemetry.flush,
                      lambda: self.lifecycle.advance(now), self.lifecycle.start_queued):
             try:

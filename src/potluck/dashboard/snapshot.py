@@ -193,7 +193,7 @@ class Board:
                 network=network, os=hw.os,
                 cpu_cores=hw.cpu_cores, memory_mb=hw.memory_mb, gpus=hw.gpus, speed=r["speed"],
                 versions=versions, version_mismatch=list(mismatch),
-                heartbeat_age_s=round(age, 2), late=age > c.config.node_timeout_s,
+                heartbeat_age_s=round(age, 2), late=age > c.config.timeouts.node_timeout_s,
                 measured_samples_per_s=c.telemetry.measured.get(r["id"], r["measured_sps"]),
                 share=live.shares.get(r["name"]) if live else None,
                 samples=samples,
@@ -234,7 +234,7 @@ class Board:
         snap = d.Snapshot(
             time=now,
             host=d.HostView(advertise=c.config.advertise, port=c.config.port,
-                            versions=c.config.versions, node_timeout_s=c.config.node_timeout_s),
+                            versions=c.config.versions, node_timeout_s=c.config.timeouts.node_timeout_s),
             storage_problem=c.storage_problem,
             nodes=self._nodes(now, job),
             job=job,
