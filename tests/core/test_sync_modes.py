@@ -15,7 +15,7 @@ from potluck.launcher.threads import ThreadCluster
 from potluck.trainer.checkpoint import dump_state
 from potluck.trainer.codec import BLOCK, dequantize, encoded_bytes, quantize
 from potluck.trainer.faults import Faults, InjectedFailure
-from potluck.trainer.ft import JOIN_TIMEOUT_S, quorum_timeout_s
+from potluck.trainer.ft import quorum_timeout_s
 from potluck.trainer.plan import Link, choose, for_strategy, sync_seconds, timeouts_for
 from potluck.trainer.sync import STAT_WIDTH, sync_bytes
 
@@ -163,7 +163,7 @@ def test_three_replicas_take_a_restarted_one_back_without_alternating(tmp_path: 
     a phase, which then did the same to the next, and the last one left out finished alone
     with different weights. Now the three end identical and nobody is left out."""
     phase_s, late_s = 4.0, 0.8
-    assert phase_s - late_s - JOIN_TIMEOUT_S > 1.0  # the newcomer waits past the join timeout
+    assert phase_s - late_s > 1.0 + 1.0  # the newcomer waits past the join timeout (1 s here)
     spec = JobSpec.parse({"global_batch": 64, "steps": 110, "lr": 0.05, "policy": "equal",
                           "emulation": {"sample_s": 4e-3},
                           "sync": {"strategy": "diloco", "phase_s": phase_s, "inner_batch": 16}})

@@ -224,19 +224,18 @@ def replica_id(name: str, slot: int) -> str:
 
 
 JOIN_TIMEOUT_S = 2.0
-"""Every Lighthouse potluck starts forms a quorum that lacks a live (heartbeating) replica
-this long after its earliest waiting request. :func:`start_quorum` keeps a waiting request
-younger than that (below)."""
-REFRESH_S = JOIN_TIMEOUT_S / 4
-"""A waiting quorum request is sent again this often (well under the join timeout)."""
+"""The host's Lighthouse forms a quorum that lacks a live (heartbeating) replica this long
+after its earliest waiting request (the in-process and local launchers' Lighthouses: 1 s).
+:func:`start_quorum` keeps a waiting request younger than either (below)."""
+REFRESH_S = 0.5
+"""A waiting quorum request is sent again this often (under every join timeout we use)."""
 LINGER_S = JOIN_TIMEOUT_S + 1.0
 """... once it has waited this long: longer than the Lighthouse waits for a missing member,
 so a group short of a dead or stuck member still forms its quorum after the join timeout."""
 
 
 def start_lighthouse(bind_host: str = "0.0.0.0", port: int = 0, *, min_replicas: int = 1,
-                     join_timeout_ms: int = int(JOIN_TIMEOUT_S * 1000),
-                     heartbeat_timeout_ms: int = 3000) -> Any:
+                     join_timeout_ms: int = 1000, heartbeat_timeout_ms: int = 3000) -> Any:
     """Start a torchft Lighthouse in this process; :func:`lighthouse_port` gives its port."""
     from torchft.coordination import LighthouseServer
 
