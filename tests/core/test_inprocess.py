@@ -3,13 +3,16 @@ torchft managers and gloo on loopback, failures injected by step. Seconds per te
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from potluck.contracts.errors import NoPeerError
 from potluck.contracts.jobspec import JobSpec
 from potluck.launcher.threads import ThreadCluster
+from potluck.trainer import replica as replica_module
 from potluck.trainer.core import global_batch_indices, train_reference
 from potluck.trainer.faults import Faults, InjectedFailure
 
@@ -135,3 +138,40 @@ def test_emulator_pads_to_the_speed_asked_for() -> None:
     late = Emulator(1.0, 1e-9)
     late.pad(10, _time.perf_counter() - 1.0)  # the real compute already took longer
     assert late.overruns == 1
+
+
+class _Stall(Faults):
+    """Freeze a replica for ``seconds`` when it is about to compute ``step`` (once): its
+    peers give up on it, go on alone and finish meanwhile."""
+
+    def __init__(self, slot: int, step: int, seconds: float) -> None:
+        super().__init__()
+        self.at, self.seconds = (slot, step), seconds
+
+    def check(self, slot: int, step: int) -> None:
+        if (slot, step) == self.at:
+            self.at = (-1, -1)
+            time.sleep(self.seconds)
+        super().check(slot, step)
+
+
+def test_a_replica_left_behind_does_not_finish_the_job_alone(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slot 2 of three freezes mid-job past the step timeout: the other two discard that
+    step, go on as a majority and finish. When slot 2 wakes, it ends up alone in its next
+    quorum, whose id shows that the others formed quorums without it: it must not train the
+    rest of the job alone (it would end with other weights than the job's) but wait for a
+    peer, and then stop with NoPeerError."""
+    monkeypatch.setattr(replica_module, "ALONE_WAIT_S", 1.0)
+    job = JobSpec.parse({"global_batch": 48, "steps": 10, "policy": "equal",
+                         "fault": {"step_timeout_s": 1.5}})
+    with ThreadCluster(job, [1.0, 1.0, 1.0], tmp_path, faults=_Stall(2, 3, 8.0)) as cluster:
+        results = {slot: cluster.wait_for(slot) for slot in range(3)}
+        steps0 = [e for e in cluster.events(0) if e["type"] == "step" and e["committed"]]
+        steps2 = [e["step"] for e in cluster.events(2) if e["type"] == "step" and e["committed"]]
+    assert results[0]["params_sha256"] == results[1]["params_sha256"]
+    assert [e["step"] for e in steps0] == list(range(10))
+    assert any(e["participants"] == 2 for e in steps0)  # they went on without slot 2
+    assert isinstance(results[2], NoPeerError), results[2]
+    assert "the others went on without this replica" in str(results[2])
+    assert max(steps2) < 3  # it committed nothing after it fell behind
