@@ -311,7 +311,7 @@ class Agent:
             if not resume.is_file():
                 step, data = self.client.checkpoint(assignment.job_id)
                 resume = folder / f"step-{step:08d}.safetensors"
-                from potluck.trainer.state import write_atomic
+                from potluck.system import write_atomic
 
                 write_atomic(resume, data)
         return code_dir, resume

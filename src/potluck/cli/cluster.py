@@ -653,7 +653,7 @@ def pull(
     """Fetch a job's trained model (safetensors) from the host, from any machine with the token."""
     import hashlib
 
-    from potluck.trainer.state import write_atomic
+    from potluck.system import write_atomic
 
     kind = "checkpoint" if checkpoint else "model"
     path = path or Path(f"job-{job_id}-{kind}.safetensors")

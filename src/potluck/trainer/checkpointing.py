@@ -27,7 +27,8 @@ from pydantic import BaseModel
 from potluck.contracts.events import CheckpointEvent
 from potluck.contracts.jobspec import CheckpointSection
 from potluck.log import get_logger
-from potluck.trainer.state import model_bytes, state_bytes, write_atomic
+from potluck.system import write_atomic
+from potluck.trainer.state import model_bytes, state_bytes
 
 log = get_logger("trainer.checkpointing")
 

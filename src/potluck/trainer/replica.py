@@ -550,7 +550,8 @@ class Replica(Planning):
 def save_model(model: torch.nn.Module, path: str) -> None:
     """The trained weights: safetensors for ``*.safetensors``, else ``torch.save``."""
     if path.endswith(".safetensors"):
-        from potluck.trainer.state import model_bytes, write_atomic
+        from potluck.system import write_atomic
+        from potluck.trainer.state import model_bytes
 
         write_atomic(path, model_bytes(model.state_dict()))
     else:

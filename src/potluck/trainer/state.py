@@ -18,9 +18,6 @@ format and raises :class:`~potluck.contracts.errors.ConfigError` naming what is 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -125,21 +122,3 @@ def read_model(data: bytes) -> dict[str, torch.Tensor]:
         return st_load(data)
     except SafetensorError as exc:
         raise ConfigError(f"not a safetensors model file: {exc}") from exc
-
-
-def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and a rename: a reader sees the
-    old file or the whole new one, never half of it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
