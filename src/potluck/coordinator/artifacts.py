@@ -18,11 +18,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from potluck.contracts import bundle
 from potluck.contracts.errors import ConfigError, NotFoundError, StorageError
+from potluck.system import write_atomic
 
 _CHECKPOINT = re.compile(r"^step-(\d{8})\.safetensors$")
 MAX_ARTIFACT_BYTES = 16 << 30
@@ -30,16 +30,9 @@ MAX_ARTIFACT_BYTES = 16 << 30
 
 
 def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, data)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise StorageError(f"cannot write {path.name} on the host ({exc.strerror or exc}): "
                            "free some disk space there") from exc
 
