@@ -560,12 +560,12 @@ def train(
     code_root = None
     if config.code.file is not None and config.code.bundle is None:
         code_root = Path(config.code.file).parent
-    if config.steps is not None or config.epochs is None:
-        total = config.total_steps(1)
-    else:  # counting an epoch's steps loads the data set
+    if config.counts_epochs:  # counting an epoch's steps loads the data set
         from potluck.trainer.core import planned_steps
 
         total = planned_steps(config, code_root)
+    else:
+        total = config.total_steps(1)
     if total < MIN_USEFUL_STEPS and config.code.file is None:
         err.print(f"[yellow]warning:[/] this job trains only {total} step(s); the built-in models "
                   f"need about {MIN_USEFUL_STEPS} to learn (see docs/jobs.md): pass --steps "

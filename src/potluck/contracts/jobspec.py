@@ -205,6 +205,11 @@ class JobSpec(Section):
     seed: int = Field(default=0, ge=0, le=MAX_SEED)
     """Seeds the model init and every epoch's permutation: the result depends only on it and B."""
 
+    @property
+    def counts_epochs(self) -> bool:
+        """The step count depends on the data set's size (``epochs`` given, ``steps`` not)."""
+        return self.steps is None and self.epochs is not None
+
     def total_steps(self, steps_per_epoch: int) -> int:
         """Committed steps this job trains, given ``floor(train size / B)``."""
         if self.steps is not None:

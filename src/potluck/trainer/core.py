@@ -90,7 +90,7 @@ def build_training(spec: JobSpec, device: str = "cpu", *, replica: str = "local"
 
 def planned_steps(spec: JobSpec, code_root: str | Path | None = None) -> int:
     """Committed steps ``spec`` will train (loads the data set to count an epoch; no model)."""
-    if spec.steps is not None or spec.epochs is None:
+    if not spec.counts_epochs:
         return spec.total_steps(1)
     recipe = recipe_for(spec, code_root)
     data = recipe.data(RecipeContext(spec=spec, device="cpu", replica="plan", slot=0))

@@ -15,7 +15,7 @@ from potluck.contracts.events import NoticeEvent, PlanEvent, SyncPlan
 from potluck.contracts.jobspec import ReplicaSpec
 from potluck.trainer.core import gradient_step
 from potluck.trainer.emulation import calibrate
-from potluck.trainer.ft import set_timeouts
+from potluck.trainer.ft import quorum_timeout_s, set_timeouts
 from potluck.trainer.sync import AUTO, make_sync, sync_bytes
 
 
@@ -140,8 +140,6 @@ class Planning:
             sync.wire, sync.phase_s = wire, phase_s
         self.planned = planned
         if timeouts is None:
-            from potluck.trainer.ft import quorum_timeout_s
-
             step_timeout_s = self.spec.job.fault.step_timeout_s
             self._set_timeouts(step_timeout_s, quorum_timeout_s(step_timeout_s))
             self.timeouts = None

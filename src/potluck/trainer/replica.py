@@ -103,7 +103,6 @@ class Replica(Planning):
         self._alerts: set[str] = set()
         self._identity: tuple[str, str] | None = None
         self._data_s = 0.0
-        self._asked = False  # has this process asked for a quorum yet
         self._missed = False  # the others formed a quorum without this replica since its last group
         self._alone_since: float | None = None
         self.resumed_from: int | None = None
@@ -284,18 +283,7 @@ class Replica(Planning):
             work = self._compute()
             if self.step == 0 and self.spec.job.sync.strategy != AUTO and len(members) > 1:
                 self._plan_fixed(manager, members, work.compute_s)
-            result = self.sync.sync(work, members)
-            if trial is not None:
-                (self._plan_kept if result.committed else self._plan_dropped)(trial)
-            if result.committed:
-                self.committed += 1
-                self.last_loss = result.loss
-            self._stepped(work, result, members, quorum_s)
-            if result.committed:
-                self._maybe_checkpoint(manager, members)
-            else:
-                self.discarded += 1
-                self.log.warning("step %d discarded (%s)", self.step, result.error)
+            self._synced(manager, work, members, quorum_s, trial, "step")
         return None
 
     def _run_phases(self, manager: Any, pg: Any, joined: float | None = None) -> None:
@@ -306,14 +294,14 @@ class Replica(Planning):
         budget = self.tr.total_steps * job.global_batch
         idle = False  # behind and alone: ask for quorums, train no phase, until a peer comes
         while self.sync.samples_done < budget:
-            if joined is None:
+            if idle or joined is not None:  # nothing trained for this sync
+                work = LocalWork(slot=self.spec.slot, samples=0, compute_s=0.0, loss_sum=0.0)
+            else:
                 first = manager.current_step() == 0
-                work = LocalWork(slot=self.spec.slot, samples=0, compute_s=0.0, loss_sum=0.0) \
-                    if idle else self.sync.phase(self._inner, self.spec.slot,
-                                                 self._identity if first else None)
+                work = self.sync.phase(self._inner, self.spec.slot, self._identity if first else None)
+            if joined is None:
                 quorum_s = self._quorum(manager)  # after the phase: whoever died meanwhile is not in it
             else:
-                work = LocalWork(slot=self.spec.slot, samples=0, compute_s=0.0, loss_sum=0.0)
                 quorum_s, joined = joined, None
             self.step = manager.current_step()
             members = sorted(pg.members) or [self.spec.slot]
@@ -326,18 +314,24 @@ class Replica(Planning):
             if self.step == 0 and self.spec.job.sync.strategy != AUTO and len(members) > 1:
                 self._plan_fixed(manager, members, work.compute_s)
             trial = self._choose_plan(manager, members) if self._plan_due(members) else None
-            result = self.sync.sync(work, members)
-            if trial is not None:
-                (self._plan_kept if result.committed else self._plan_dropped)(trial)
-            if result.committed:
-                self.committed += 1
-                self.last_loss = result.loss
-            self._stepped(work, result, members, quorum_s)
-            if result.committed:
-                self._maybe_checkpoint(manager, members)
-            else:
-                self.discarded += 1
-                self.log.warning("phase %d discarded (%s)", self.step, result.error)
+            self._synced(manager, work, members, quorum_s, trial, "phase")
+
+    def _synced(self, manager: Any, work: LocalWork, members: list[int], quorum_s: float,
+                trial: Any, unit: str) -> None:
+        """Sync this step's or phase's ``work`` and account for it: the plan on trial kept or
+        undone, the counters, the step event, a checkpoint when one is due."""
+        result = self.sync.sync(work, members)
+        if trial is not None:
+            (self._plan_kept if result.committed else self._plan_dropped)(trial)
+        if result.committed:
+            self.committed += 1
+            self.last_loss = result.loss
+        self._stepped(work, result, members, quorum_s)
+        if result.committed:
+            self._maybe_checkpoint(manager, members)
+        else:
+            self.discarded += 1
+            self.log.warning("%s %d discarded (%s)", unit, self.step, result.error)
 
     def _quorum(self, manager: Any) -> float:
         """Ask for the next quorum and return its seconds. The first request of a replica
@@ -348,10 +342,9 @@ class Replica(Planning):
         quorum without this replica."""
         before = quorum_id(manager)
         t0 = time.perf_counter()
-        newcomer = not self._asked and self.spec.start_barrier == 0
+        newcomer = before < 0 and self.spec.start_barrier == 0  # no quorum in this process yet
         start_quorum(manager, newcomer=newcomer,
                      patience_s=self._phase_bound() if newcomer else 0.0)
-        self._asked = True
         after = quorum_id(manager)
         if before >= 0 and after > before + 1:
             self._missed = True
