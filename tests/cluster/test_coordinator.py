@@ -69,7 +69,7 @@ def test_host_timeouts_come_from_the_environment_and_bad_ones_are_named() -> Non
                        ("straggler_grace_s=-1", "straggler_grace_s must be a positive number"),
                        ("barrier_timeout_s=nan", "barrier_timeout_s must be a positive number"),
                        ("node_timeout_s=1.5", "node_timeout_s must be at least twice heartbeat_interval_s")):
-        with pytest.raises(ConfigError, match=named):
+        with pytest.raises(ConfigError, match=f"^POTLUCK_HOST_TIMEOUTS: .*{named}"):
             Timeouts.from_env({"POTLUCK_HOST_TIMEOUTS": raw})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,16 @@ def test_train_config_that_is_not_a_job_is_one_short_line(
     assert exited.value.code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0] and len(lines[0]) < 300, err
+
+
+def test_host_refuses_bad_timeouts_before_writing_its_state_dir(tmp_path: Path) -> None:
+    state = tmp_path / "host-state"
+    result = subprocess.run(
+        [sys.executable, "-m", "potluck", "host", "--state-dir", str(state), "--advertise",
+         "127.0.0.9", "--port", "0"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "POTLUCK_HOST_TIMEOUTS": "node_timeout_s=-1"})
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == ["error: POTLUCK_HOST_TIMEOUTS: node_timeout_s must be a positive number of "
+                     "seconds, got -1.0"], result.stderr
+    assert not state.exists()  # no token written for a host that never started

@@ -134,6 +134,9 @@ def host(
     for flag, value in (("--port", port), ("--lighthouse-port", lighthouse_port)):
         if not 0 <= value < 65536:
             raise ConfigError(f"{flag} must be in 0-65535, got {value}")
+    if emulate_speed is not None:
+        check_speed(emulate_speed)
+    timeouts = Timeouts.from_env()  # bad input stops here, before the state dir is written
     if show_ports:
         rows = view.ports_rows(port, lighthouse_port, _ephemeral_range())
         _print_json(rows) if json_out else console.print(view.ports_table(rows))
@@ -151,7 +154,6 @@ def host(
     the_token = load_or_create_token(sd, token)
     agent_args = ["--name", name] if name else []
     if emulate_speed is not None:
-        check_speed(emulate_speed)
         agent_args += ["--emulate-speed", str(emulate_speed)]
     if allow_public:
         agent_args.append("--allow-public")
@@ -159,7 +161,7 @@ def host(
         state_dir=sd, advertise=choice.address, interface=choice.interface, port=port,
         lighthouse_port=lighthouse_port, token=the_token,
         metrics_token=load_or_create_metrics_token(sd), versions=local_versions(),
-        local_agent=not no_local_agent, agent_args=agent_args, timeouts=Timeouts.from_env(),
+        local_agent=not no_local_agent, agent_args=agent_args, timeouts=timeouts,
     )
     the_host = Host(config, routers=[doctor_router, dashboard_router])
 

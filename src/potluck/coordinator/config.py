@@ -67,7 +67,10 @@ class Timeouts:
             except ValueError:
                 raise ConfigError(f"{TIMEOUTS_ENV}: {name} must be a number of seconds, got "
                                   f"{value!r}") from None
-        return replace(cls(), **overrides)
+        try:
+            return replace(cls(), **overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"{TIMEOUTS_ENV}: {exc}") from None
 
 
 @dataclass(kw_only=True)
