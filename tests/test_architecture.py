@@ -18,7 +18,7 @@ LAYERS: dict[str, int] = {
     "potluck": 0, "potluck.log": 0, "potluck.system": 0, "potluck.registry": 0,
     "potluck.contracts": 1,
     "potluck.trainer": 2, "potluck.balancer": 2, "potluck.recipes": 2, "potluck.data": 2,
-    "potluck.profiler": 2,
+    "potluck.profiler": 2, "potluck.catalog": 2,
     "potluck.coordinator": 3, "potluck.agent": 3, "potluck.launcher": 3,
     "potluck.net": 4, "potluck.doctor": 4,
     "potluck.cli": 5, "potluck.demo": 5, "potluck.dashboard": 5, "potluck.__main__": 5,

@@ -140,6 +140,26 @@ def test_emulator_pads_to_the_speed_asked_for() -> None:
     assert late.overruns == 1
 
 
+def test_a_lighthouse_restart_mid_job_costs_no_step_and_no_replica(tmp_path: Path) -> None:
+    """The Lighthouse is replaced mid-job (a host restart): the new one numbers quorums from 1
+    again, so the members get quorum ids the old one gave them, for other member sets too. A
+    replica must neither keep its old group for a quorum that holds it alone nor read an old
+    group's rendezvous keys (either way its collectives time out and the step is discarded):
+    both ride through (one may train a step alone and heal), no step is discarded, every step
+    is committed, same parameters."""
+    job = JobSpec.parse({"steps": 24, "global_batch": 64, "policy": "equal",
+                         "emulation": {"sample_s": 2e-3}, "fault": {"step_timeout_s": 5}})
+    with ThreadCluster(job, [1.0, 1.0], tmp_path) as cluster:
+        cluster.wait_event(0, lambda e: e["type"] == "step" and e["committed"] and e["step"] >= 4)
+        cluster.restart_lighthouse()
+        results = cluster.wait()
+        events = {s: cluster.events(s) for s in range(2)}
+    discarded = [e for s in range(2) for e in events[s] if e["type"] == "step" and not e["committed"]]
+    assert discarded == []
+    assert sorted(set(committed(events[0])) | set(committed(events[1]))) == list(range(24))
+    assert len(digests(results)) == 1
+
+
 class _Stall(Faults):
     """Freeze a replica for ``seconds`` when it is about to compute ``step`` (once): its
     peers give up on it, go on alone and finish meanwhile."""

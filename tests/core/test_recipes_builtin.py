@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import torch
 
+from potluck.catalog import CIFAR10_URL
 from potluck.contracts.errors import ConfigError, DataError, ModelError
 from potluck.contracts.jobspec import JobSpec
 from potluck.data import load_dataset, load_text
-from potluck.data.cifar import CIFAR10_URL, TEST_FILE, TRAIN_FILES
+from potluck.data.cifar import TEST_FILE, TRAIN_FILES
 from potluck.recipes import RecipeContext, check_spec, recipe_for
 from potluck.recipes.language import IGNORE, MASK_RATE, mask_tokens
 from potluck.recipes.resnet import resnet18, resnet50

@@ -17,8 +17,9 @@ field (``optimizer.lr``) and the bad value. Sections::
     ├── checkpoint  how often the full training state is saved on the host
     └── global_batch, steps | epochs, seed
 
-Names (model, data set, policy, sync strategy) are checked against the training kernel's
-registries by :func:`potluck.recipes.check_spec`, not here: contracts know no implementations.
+Names (model, data set, sync strategy) are checked against the training kernel's registries
+by :func:`potluck.recipes.check_spec`, or its torch-free catalog by
+:func:`potluck.catalog.check_names` (the host), not here: contracts know no implementations.
 
 Flat option names (``--lr``, a YAML ``lr: 0.1``) map to dotted paths through
 :data:`JOB_OPTIONS`, the one definition that ``potluck demo``, ``potluck train`` and YAML

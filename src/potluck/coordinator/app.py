@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import importlib
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any
@@ -102,12 +101,8 @@ def create_app(coordinator: Coordinator, token: str, *, metrics_token: str | Non
                     log.exception("housekeeping failed")
 
         task = asyncio.create_task(housekeeping())
-        # Checking a submitted job needs the kernel's registries, which import torch
-        # (seconds): load them in the background now, not on the first submission.
-        warm = asyncio.create_task(asyncio.to_thread(importlib.import_module, "potluck.recipes"))
         yield
         task.cancel()
-        warm.cancel()
 
     api = FastAPI(title="potluck coordinator", lifespan=lifespan, docs_url=None, redoc_url=None,
                   responses=ERROR_RESPONSES)

@@ -1,7 +1,8 @@
 """The cluster's torchft Lighthouse, run inside the host process.
 
-Importing torchft imports torch (seconds on a small machine), so the import happens here, once,
-when the host starts, never on the API's request path.
+It is torchft's native module, loaded without torchft's Python package (which imports torch:
+seconds on a small machine and 250 MB): the host process never imports torch
+(``trainer/ft.py`` ``native``).
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ class Lighthouse:
 
     def __init__(self, address: str, port: int, settings: LighthouseSettings) -> None:
         check_port_free(address, port, "lighthouse", "--lighthouse-port")
-        # Heavy (imports torch and torchft): here, once, never on the API's request path.
         from potluck.trainer.ft import lighthouse_port, start_lighthouse
         from potluck.trainer.grpc_guard import GuardedLighthouse, loopback_for
 

@@ -2,14 +2,9 @@
 the package, the synthetic sets are generated from the seed, and ``cifar10`` is read from the
 user's own copy (``data.path``)."""
 
-from potluck.data.datasets import IMAGE_DATASETS, Dataset, load_dataset
-from potluck.data.text import TEXT_DATASETS, TextDataset, load_text
-
-DATASETS = IMAGE_DATASETS + TEXT_DATASETS
-"""Every built-in data set name."""
-
-GENERATED = ("synthetic_image", "synthetic_text")
-"""Data sets made from the seed, which read no files (``data.path`` makes no sense for them)."""
+from potluck.catalog import DATASETS, GENERATED, IMAGE_DATASETS, TEXT_DATASETS
+from potluck.data.datasets import Dataset, load_dataset
+from potluck.data.text import TextDataset, load_text
 
 __all__ = ["DATASETS", "GENERATED", "IMAGE_DATASETS", "TEXT_DATASETS", "Dataset", "TextDataset",
            "load_dataset", "load_text"]

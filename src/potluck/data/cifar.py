@@ -27,14 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from potluck.catalog import CIFAR_WHERE
 from potluck.contracts.errors import DataError
 
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
 IMAGE_BYTES = 3 * 32 * 32
 
-WHERE = f"download {CIFAR10_URL}, unpack and pass --data-path DIR (DIR holds data_batch_1 .. 5)"
+WHERE = CIFAR_WHERE
 
 
 _NDARRAY = object()

@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from potluck.catalog import IMAGE_DATASETS
 from potluck.contracts.errors import DataError
 from potluck.data.cifar import load_cifar10
-
-IMAGE_DATASETS = ("digits", "synthetic_image", "cifar10")
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from potluck.catalog import TEXT_DATASETS
 from potluck.contracts.errors import DataError
-
-TEXT_DATASETS = ("chars", "synthetic_text")
 
 SYNTHETIC_VOCAB = 64
 SYNTHETIC_TOKENS = 2**20

@@ -115,6 +115,14 @@ class ThreadCluster:
         self._build(slot, self.spec(slot, barrier=False))
         self._run(slot)
 
+    def restart_lighthouse(self, down_s: float = 0.5) -> None:
+        """Stop the Lighthouse and start a new one on the same port after ``down_s`` (a host
+        restart, as the replicas see it: the new one numbers quorums from 1 again)."""
+        port = lighthouse_port(self.lighthouse)
+        self.lighthouse.shutdown()
+        time.sleep(down_s)
+        self.lighthouse = start_lighthouse(self.host, port)
+
     def wait(self, timeout: float = 240.0) -> dict[int, dict[str, Any]]:
         """Wait for every replica; returns their summaries. Raises TrainingError if one
         failed with something other than an injected failure that was restarted."""

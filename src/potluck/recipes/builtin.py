@@ -8,10 +8,8 @@ import math
 import torch
 from torch import nn
 
-from potluck.contracts.errors import DataError, ModelError
-from potluck.contracts.jobspec import JobSpec
-from potluck.data import DATASETS, GENERATED, IMAGE_DATASETS, load_dataset
-from potluck.data.cifar import load_cifar10
+from potluck.catalog import check_model
+from potluck.data import load_dataset
 from potluck.recipes.base import (
     Batch,
     Recipe,
@@ -25,30 +23,6 @@ from potluck.recipes.resnet import resnet18, resnet50
 
 EVAL_CHUNK = 1024
 """Test samples per forward pass when evaluating (bounds the memory of a large test set)."""
-
-
-def check_names(spec: JobSpec, datasets: tuple[str, ...], what: str,
-                sizes: tuple[str, ...] = ()) -> None:
-    """Raise one line if ``spec`` names a data set outside ``datasets`` (``what`` says what kind
-    the model takes), a size outside ``sizes``, or ``data.path`` for a generated data set."""
-    model, data = spec.model.name, spec.data.name
-    choose = " or ".join([", ".join(datasets[:-1]), datasets[-1]] if len(datasets) > 1 else datasets)
-    if data not in DATASETS:
-        raise DataError(f"unknown data set {data!r}: model {model!r} takes {choose}")
-    if data not in datasets:
-        raise DataError(f"model {model!r} trains on {what}: choose data set {choose}, not {data!r}")
-    if spec.data.path is not None and data in GENERATED:
-        raise DataError(f"data set {data!r} is generated from the seed and reads no files: "
-                        "drop data.path")
-    if data == "cifar10" and spec.data.path is None:
-        load_cifar10(None)  # raises the one line saying where to get it
-    size = spec.model.size
-    if size is not None and size not in sizes:
-        if not sizes:
-            raise ModelError(f"model {model!r} has no sizes: drop model.size {size!r} "
-                             "(sizes are for gpt and bert)")
-        raise ModelError(f"unknown size {size!r} for model {model!r}: choose one of "
-                         f"{', '.join(sizes)}")
 
 
 @torch.no_grad()
@@ -84,7 +58,7 @@ class Classifier(Recipe):
     """Test samples evaluated at the end (all of CIFAR-10's test batch)."""
 
     def check(self) -> None:
-        check_names(self.spec, IMAGE_DATASETS, "images")
+        check_model(self.spec)
 
     def data(self, ctx: RecipeContext) -> TrainData:
         if self._data is None:  # model() needs the shapes too: load once

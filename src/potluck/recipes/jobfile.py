@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset, default_collate
 
+from potluck.catalog import check_job_file
 from potluck.contracts.errors import ConfigError, JobCodeError
 from potluck.contracts.jobspec import JobSpec
 from potluck.log import get_logger
@@ -207,8 +208,7 @@ class JobFileRecipe(Recipe):
 
     def check(self) -> None:
         """Cheap: the host only has the bundle, so a shipped job is checked by the agents."""
-        if self.spec.code.bundle is None and not self.path.is_file():
-            raise ConfigError(f"job file {self.path} not found")
+        check_job_file(self.spec)
 
     def model(self, ctx: RecipeContext) -> nn.Module:
         torch.manual_seed(ctx.seed)

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from potluck.data import TEXT_DATASETS, TextDataset, load_text
+from potluck.catalog import check_model
+from potluck.data import TextDataset, load_text
 from potluck.recipes.base import (
     Batch,
     Recipe,
@@ -23,7 +24,7 @@ from potluck.recipes.base import (
     TrainData,
     register_recipe,
 )
-from potluck.recipes.builtin import check_names, chunked_scores
+from potluck.recipes.builtin import chunked_scores
 from potluck.recipes.models import seeded
 from potluck.recipes.transformer import (
     BERT,
@@ -53,7 +54,7 @@ class LanguageModel(Recipe):
     _data: TrainData | None = None
 
     def check(self) -> None:
-        check_names(self.spec, TEXT_DATASETS, "text", tuple(self.sizes))
+        check_model(self.spec)
 
     def shape(self) -> Shape:
         self.check()  # one line for an unknown size, even when nothing called check() first

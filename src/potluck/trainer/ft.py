@@ -24,12 +24,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import importlib.machinery
+import importlib.util
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from potluck.contracts.addressing import host_port, http_url, url_host
@@ -236,15 +241,40 @@ so a group short of a dead or stuck member still forms its quorum after the join
 
 def start_lighthouse(bind_host: str = "0.0.0.0", port: int = 0, *, min_replicas: int = 1,
                      join_timeout_ms: int = 1000, heartbeat_timeout_ms: int = 3000) -> Any:
-    """Start a torchft Lighthouse in this process; :func:`lighthouse_port` gives its port."""
-    from torchft.coordination import LighthouseServer
-
-    return LighthouseServer(
+    """Start a torchft Lighthouse in this process; :func:`lighthouse_port` gives its port.
+    Imports neither torch nor torchft's Python package (:func:`native`)."""
+    return native().LighthouseServer(
         bind=host_port(bind_host, port),
         min_replicas=min_replicas,
         join_timeout_ms=join_timeout_ms,
         heartbeat_timeout_ms=heartbeat_timeout_ms,
     )
+
+
+@functools.cache
+def native() -> Any:
+    """torchft's native module (``torchft._torchft``: the Lighthouse, the Manager's server
+    and clients), loaded without running ``torchft/__init__``, which imports torch: about
+    1.2 CPU-seconds that a host, which needs only the Lighthouse, would pay at every start.
+    If torchft is already imported, its own module."""
+    name = "torchft._torchft"
+    if name in sys.modules:
+        return sys.modules[name]
+    package = importlib.util.find_spec("torchft")  # finds the package without running it
+    folder = Path(package.origin).parent if package and package.origin else None
+    paths = sorted(folder.glob("_torchft*.so")) if folder else []
+    if not paths:
+        from torchft import _torchft  # an unusual install: the ordinary way
+
+        return _torchft
+    loader = importlib.machinery.ExtensionFileLoader(name, str(paths[0]))
+    spec = importlib.util.spec_from_file_location(name, paths[0], loader=loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    # torchft's own import later finds this one (a native module initialises once per process)
+    sys.modules[name] = module
+    return module
 
 
 def lighthouse_port(server: Any) -> int:
@@ -299,10 +329,10 @@ def start_quorum(manager: Any, *, newcomer: bool = False, patience_s: float = 0.
 
 
 def quorum_id(manager: Any) -> int:
-    """The id of the last quorum this Manager configured (-1: none yet). The Lighthouse
-    numbers quorums in order and gives a new number whenever the members change, so a
-    replica whose id jumps by more than one missed a quorum of the others."""
-    return int(manager._quorum_id)
+    """The Lighthouse's id of the last quorum this Manager received (-1: none yet). The
+    Lighthouse numbers quorums in order and gives a new number whenever the members change,
+    so a replica whose id jumps by more than one missed a quorum of the others."""
+    return int(manager._client.raw_id)
 
 
 def set_timeouts(manager: Any, pg: Any, *, collective_s: float, quorum_s: float) -> None:
@@ -416,11 +446,62 @@ def make_manager(*, name: str, slot: int, lighthouse: str, advertise_host: str,
 
         manager._client = ManagerClient(http_url(MANAGER_UPSTREAM, manager_port),
                                         connect_timeout=timedelta(seconds=30))
+    manager._client = FreshRendezvous(manager._client)
     if guard is not None:
         guard.wrap(manager)
     if manager_guard is not None:
         _close_with(manager, manager_guard)
     return manager, pg, store
+
+
+def _digest(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "big")
+
+
+class _QuorumView:
+    """A torchft QuorumResult as the Manager should see it: its id also names the member
+    processes, and its rendezvous keys live in a namespace of its own (see
+    :class:`FreshRendezvous`)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        ids = sorted(inner.replica_ids)
+        self.quorum_id = inner.quorum_id * ID_SPAN + _digest(*ids) % ID_SPAN
+        space = _digest(inner.max_step, *ids)
+        self.store_address = f"{inner.store_address}/potluck/{space:016x}"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+ID_SPAN = 1_000_000
+"""A Lighthouse quorum id ``q`` reaches torchft's Manager as ``q * ID_SPAN`` plus a number
+from the member processes."""
+
+
+class FreshRendezvous:
+    """torchft's ManagerClient, made safe for a Lighthouse that restarts (a host restart).
+
+    The new Lighthouse numbers quorums from 1 again, and torchft trusts the number: it keeps
+    its gloo group while the id is unchanged, and names a new group's rendezvous keys after it
+    (``torchft/<id>/...`` in a member's store). So a member could keep a two-member group for
+    a quorum that holds it alone (its collectives time out), or the same members could read an
+    old group's stale addresses (``connectFullMesh`` times out; a replica restart). Every
+    member of one quorum sees the same member processes (replica ids end in a uuid per
+    process) and step: the id the Manager sees also names the members, and the keys live
+    under a namespace of members and step. ``raw_id`` is the Lighthouse's own number."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.raw_id = -1
+
+    def _quorum(self, *args: Any, **kwargs: Any) -> Any:
+        result = self._inner._quorum(*args, **kwargs)
+        self.raw_id = int(result.quorum_id)
+        return _QuorumView(result)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 def _close_with(manager: Any, guard: Any) -> None:
