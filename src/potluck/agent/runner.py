@@ -46,10 +46,6 @@ def replica_env(settings: NodeSettings, base: dict[str, str] | None = None) -> d
     env = dict(os.environ if base is None else base)
     env.pop("POTLUCK_TOKEN", None)  # replicas never talk to the API; keep the secret out
     env.setdefault("RUST_LOG", "warn")  # torchft logs every step at INFO otherwise
-    # Survive a restart of `potluck host` (and its Lighthouse): a quorum request that hangs on
-    # the old Lighthouse times out and is retried against the new one instead of crashing.
-    # The quorum timeout itself follows the job's step timeout (trainer/ft.py: one rule).
-    env.setdefault("TORCHFT_QUORUM_RETRIES", "5")
     if settings.interface:
         for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "TP_SOCKET_IFNAME"):
             env[var] = settings.interface
