@@ -103,10 +103,10 @@ manager = Manager(
 )
 if mode in ("replay", "mute"):
     # It runs potluck's own code where that helps it into the group: quorum ids and
-    # rendezvous keys named as the replicas name them (trainer/ft.py FreshRendezvous).
-    from potluck.trainer.ft import FreshRendezvous
+    # rendezvous keys named as the replicas name them (trainer/ft.py QuorumClient).
+    from potluck.trainer.ft import QuorumClient
 
-    manager._client = FreshRendezvous(manager._client)
+    manager._client = QuorumClient(manager._client)
 while not (out / "go").exists():  # the test says when training is under way
     time.sleep(0.05)
 deadline = time.monotonic() + seconds

@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -446,7 +447,7 @@ def make_manager(*, name: str, slot: int, lighthouse: str, advertise_host: str,
 
         manager._client = ManagerClient(http_url(MANAGER_UPSTREAM, manager_port),
                                         connect_timeout=timedelta(seconds=30))
-    manager._client = FreshRendezvous(manager._client)
+    manager._client = QuorumClient(manager._client)
     if guard is not None:
         guard.wrap(manager)
     if manager_guard is not None:
@@ -461,7 +462,7 @@ def _digest(*parts: object) -> int:
 class _QuorumView:
     """A torchft QuorumResult as the Manager should see it: its id also names the member
     processes, and its rendezvous keys live in a namespace of its own (see
-    :class:`FreshRendezvous`)."""
+    :class:`QuorumClient`)."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
@@ -479,29 +480,74 @@ ID_SPAN = 1_000_000
 from the member processes."""
 
 
-class FreshRendezvous:
-    """torchft's ManagerClient, made safe for a Lighthouse that restarts (a host restart).
+class QuorumClient:
+    """torchft's ManagerClient as a replica uses it: quorum requests that overlap, and a fresh
+    rendezvous for every quorum.
 
-    The new Lighthouse numbers quorums from 1 again, and torchft trusts the number: it keeps
-    its gloo group while the id is unchanged, and names a new group's rendezvous keys after it
-    (``torchft/<id>/...`` in a member's store). So a member could keep a two-member group for
-    a quorum that holds it alone (its collectives time out), or the same members could read an
-    old group's stale addresses (``connectFullMesh`` times out; a replica restart). Every
-    member of one quorum sees the same member processes (replica ids end in a uuid per
-    process) and step: the id the Manager sees also names the members, and the keys live
-    under a namespace of members and step. ``raw_id`` is the Lighthouse's own number."""
+    **Overlapping requests.** :func:`start_quorum` sends a waiting request again every
+    :data:`REFRESH_S`. torchft's Manager server forwards each request to the Lighthouse and
+    drops that call when the request times out, but the Lighthouse keeps the replica's entry.
+    A quorum that formed between one request's end and the next one's arrival held this
+    replica without answering it: the peers built a group with it and waited in it until
+    their timeouts, while this replica waited for the next quorum (seen on a loaded 2-core
+    machine: a survivor missed the quorum with a restarted peer and gave up after its quorum
+    timeout, and the job lost its progress). Here every request runs in a thread of its own
+    and lives :data:`OVERLAP_S` longer than the caller waits, so a Lighthouse call of this
+    replica is waiting whenever the Lighthouse holds its entry, and whichever call gets the
+    quorum answers (the Manager server hands a quorum to every request it holds).
+
+    **Fresh rendezvous.** A restarted host's new Lighthouse numbers quorums from 1 again, and
+    torchft trusts the number: it keeps its gloo group while the id is unchanged, and names a
+    new group's rendezvous keys after it (``torchft/<id>/...`` in a member's store). So a
+    member could keep a two-member group for a quorum that holds it alone (its collectives
+    time out), or the same members could read an old group's stale addresses
+    (``connectFullMesh`` times out; a replica restart). Every member of one quorum sees the
+    same member processes (replica ids end in a uuid per process) and step: the id the
+    Manager sees also names the members, and the keys live under a namespace of members and
+    step. ``raw_id`` is the Lighthouse's own number."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
         self.raw_id = -1
+        self._calls: list[Future[Any]] = []
 
-    def _quorum(self, *args: Any, **kwargs: Any) -> Any:
-        result = self._inner._quorum(*args, **kwargs)
-        self.raw_id = int(result.quorum_id)
-        return _QuorumView(result)
+    def _quorum(self, *, timeout: timedelta, **kwargs: Any) -> Any:
+        fresh: Future[Any] = Future()
+        longer = timeout + timedelta(seconds=OVERLAP_S)
+        threading.Thread(target=_settle, args=(fresh, self._inner._quorum, longer, kwargs),
+                         name="quorum-request", daemon=True).start()
+        # keep the earlier requests that still wait, or got a quorum since the caller gave up
+        self._calls = [*(c for c in self._calls if not c.done() or c.exception() is None), fresh]
+        deadline = time.monotonic() + timeout.total_seconds()
+        while True:
+            answered = next((c for c in self._calls if c.done() and c.exception() is None), None)
+            if answered is not None:
+                self._calls = []  # the others get the same quorum, or end by their timeout
+                result = answered.result()
+                self.raw_id = int(result.quorum_id)
+                return _QuorumView(result)
+            if fresh.done():  # this request failed (the older ones only time out after it)
+                raise fresh.exception()  # type: ignore[misc]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"quorum request timed out after {timeout.total_seconds():.1f} s")
+            wait([c for c in self._calls if not c.done()], timeout=left, return_when=FIRST_COMPLETED)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+OVERLAP_S = 1.0
+"""A quorum request's Lighthouse call outlives the caller's wait by this much (more than the
+caller takes to send the next one, even on a loaded machine)."""
+
+
+def _settle(future: Future[Any], call: Callable[..., Any], timeout: timedelta,
+            kwargs: dict[str, Any]) -> None:
+    try:
+        future.set_result(call(timeout=timeout, **kwargs))
+    except BaseException as exc:  # handed to the waiting caller
+        future.set_exception(exc)
 
 
 def _close_with(manager: Any, guard: Any) -> None:
