@@ -128,3 +128,12 @@ def test_batchnorm_is_pointed_out(tmp_path: Path) -> None:
         notices = [e for e in cluster.events(0) if e["type"] == "notice"]
     assert len(notices) == 1 and "BatchNorm1d" in notices[0]["message"]
     assert "GroupNorm or LayerNorm" in notices[0]["message"]
+
+
+def test_a_job_file_whose_loss_is_a_token_loss_can_be_profiled() -> None:
+    """The profiler back-propagates a TokenLoss as training does (its summed terms)."""
+    from potluck.profiler import profile_device
+
+    prof = profile_device(model="mlp", dataset="digits", device="cpu", batch_sizes=[2, 8],
+                          repeats=1, job=job_spec("padded.py"))
+    assert prof.sample_s > 0 and [t.batch for t in prof.timings] == [2, 8]

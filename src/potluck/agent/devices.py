@@ -32,8 +32,7 @@ CPU_ALIASES = ("cpu",)
 
 def visible_gpu_count(detected: int, env: dict[str, str] | None = None) -> int:
     """GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` narrows what ``nvidia-smi`` lists. Pure."""
-    env = os.environ if env is None else env
-    visible = env.get("CUDA_VISIBLE_DEVICES")
+    visible = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
     if visible is None:
         return detected
     return min(detected, len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"]))

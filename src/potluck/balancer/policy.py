@@ -25,7 +25,7 @@ class Speed:
     overhead_s: float
     sample_s: float
 
-    def time(self, b: int) -> float:
+    def time(self, b: float) -> float:
         return self.overhead_s + self.sample_s * b if b > 0 else 0.0
 
 

@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -304,8 +305,7 @@ def join(
                 interface=choice.interface,
                 builtin_only=builtin_only,
             ),
-            on_event=lambda msg, who=node_name, many=len(devices) > 1: err.print(
-                f"[dim]{time.strftime('%H:%M:%S')}[/] " + escape(f"{who}: {msg}" if many else msg)),
+            on_event=_event_printer(node_name if len(devices) > 1 else None),
             services=[DoctorResponder],
         )
         for i, node_name in enumerate(names)
@@ -670,15 +670,26 @@ def pull(
     else:
         data = client.model(job_id)
     write_atomic(path, data)
+    digest = hashlib.sha256(data).hexdigest()
     info = {"job_id": job_id, "kind": kind, "path": str(path), "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(), "step": step}
+            "sha256": digest, "step": step}
     if json_out:
         _print_json(info)
     else:
         what = f"checkpoint after step {step}" if checkpoint else "model"
         console.print(f"wrote job {job_id}'s {what} to {escape(str(path))} ({len(data) / 1e6:.2f} MB, "
-                      f"sha256 {info['sha256'][:12]}); load it with "
+                      f"sha256 {digest[:12]}); load it with "
                       "safetensors.torch.load_file(PATH)")
+
+
+def _event_printer(who: str | None) -> Callable[[str], None]:
+    """An agent's event line on stderr, timed, and named by its node when one command runs
+    several (``who``)."""
+
+    def show(msg: str) -> None:
+        err.print(f"[dim]{time.strftime('%H:%M:%S')}[/] " + escape(f"{who}: {msg}" if who else msg))
+
+    return show
 
 
 def register(app: typer.Typer) -> None:

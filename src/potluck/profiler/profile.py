@@ -20,7 +20,7 @@ from torch import nn
 from potluck.balancer.policy import Speed
 from potluck.contracts.errors import ConfigError
 from potluck.contracts.jobspec import JobSpec
-from potluck.recipes import Recipe, RecipeContext, recipe_for
+from potluck.recipes import Recipe, RecipeContext, TokenLoss, recipe_for
 from potluck.system import meminfo_bytes
 from potluck.trainer.emulation import Emulator
 
@@ -55,6 +55,11 @@ class DeviceProfile:
         return asdict(self)
 
 
+
+def _backward(loss: torch.Tensor | TokenLoss) -> None:
+    """Back-propagate a recipe's loss: a :class:`TokenLoss` as its summed terms (as training does)."""
+    (loss.sum if isinstance(loss, TokenLoss) else loss).backward()
+
 def parse_batch_sizes(text: str) -> list[int]:
     try:
         sizes = sorted({int(p) for p in text.split(",") if p.strip()})
@@ -86,7 +91,7 @@ def _time_batch(recipe: Recipe, ctx: RecipeContext, model: nn.Module, opt: torch
         loss = recipe.loss(model, batch, ctx)
         _sync(device)
         t1 = time.perf_counter()
-        loss.backward()
+        _backward(loss)
         _sync(device)
         if emulator is not None:  # an emulated slow device: its padding counts as backward
             emulator.pad(size, t0)
@@ -152,7 +157,7 @@ def profile_device(*, model: str, dataset: str, device: str, batch_sizes: list[i
         peaks = []
         for b in batch_sizes[-2:]:
             torch.cuda.reset_peak_memory_stats(dev)
-            recipe.loss(net, batch_of(b), ctx).backward()
+            _backward(recipe.loss(net, batch_of(b), ctx))
             peaks.append(torch.cuda.max_memory_allocated(dev))
         prof.bytes_per_sample = max(1, int((peaks[1] - peaks[0]) / max(batch_sizes[-1] - batch_sizes[-2], 1)))
         budget = memory_budget_mb * 2**20 if memory_budget_mb else 0.9 * torch.cuda.get_device_properties(dev).total_memory

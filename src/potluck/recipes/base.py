@@ -43,7 +43,7 @@ class TokenLoss(NamedTuple):
     """
 
     sum: torch.Tensor
-    count: int | float | torch.Tensor
+    count: int | float | torch.Tensor  # type: ignore[assignment]  # shadows tuple.count; public name
 
 
 class SampleSet(Protocol):

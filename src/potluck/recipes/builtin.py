@@ -75,6 +75,7 @@ class Classifier(Recipe):
     def model(self, ctx: RecipeContext) -> nn.Module:
         data = self.data(ctx)
         net = seeded(ctx.seed, lambda: self.build(data.input_shape, data.num_classes))
+        assert isinstance(data.train, TensorData)  # data() builds tensors
         if data.train.tensors[0].dtype == torch.uint8:  # images kept as bytes (cifar10)
             net = nn.Sequential(ByteImages(), net)
         return net
@@ -85,7 +86,7 @@ class Classifier(Recipe):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: TrainData, ctx: RecipeContext) -> dict[str, float]:
-        if data.test is None:
+        if not isinstance(data.test, TensorData):  # data() builds tensors, or no test split
             return {}
         x, y = data.test.tensors
         return chunked_scores(model, x, y, self.eval_limit)

@@ -78,7 +78,7 @@ class LanguageModel(Recipe):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: TrainData, ctx: RecipeContext) -> dict[str, float]:
         """Per-token test loss and accuracy (next tokens for gpt, masked tokens for bert)."""
-        if data.test is None:
+        if not isinstance(data.test, TensorData):  # data() builds tensors, or no test split
             return {}
         x, y = data.test.tensors
         return chunked_scores(model, x, y, self.eval_limit)
