@@ -2,7 +2,7 @@
 
 The built-in models with the data sets and sizes each takes, the built-in data sets and the
 built-in sync strategies. Torch-free, so that ``potluck host`` checks a submitted job without
-importing torch (about 1.2 CPU-seconds and 300 MB of memory per host process). The kernel's
+importing torch (about 1 CPU-second and 200 MB of memory per host process). The kernel's
 registries (``recipes/``, ``trainer/sync.py``), which build these things, must agree with it:
 ``tests/core/test_catalog.py`` checks that they do, so a new built-in gets a line here too.
 A job file's recipe (``code.file``) is the user's code, checked where it runs.
@@ -25,6 +25,8 @@ GENERATED = ("synthetic_image", "synthetic_text")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR_WHERE = f"download {CIFAR10_URL}, unpack and pass --data-path DIR (DIR holds data_batch_1 .. 5)"
 """Where a user gets CIFAR-10 (potluck ships no copy and downloads nothing)."""
+CIFAR_NOT_SHIPPED = f"cifar10 is not shipped with potluck: {CIFAR_WHERE}"
+"""The line for a cifar10 job without ``data.path``."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ def check_model(spec: JobSpec) -> None:
         raise DataError(f"data set {data!r} is generated from the seed and reads no files: "
                         "drop data.path")
     if data == "cifar10" and spec.data.path is None:
-        raise DataError(f"cifar10 is not shipped with potluck: {CIFAR_WHERE}")
+        raise DataError(CIFAR_NOT_SHIPPED)
     size = spec.model.size
     if size is not None and size not in needs.sizes:
         if not needs.sizes:
@@ -110,6 +112,6 @@ def check_names(spec: JobSpec) -> JobSpec:
     return spec
 
 
-__all__ = ["AUTO", "CIFAR10_URL", "CIFAR_WHERE", "DATASETS", "GENERATED", "IMAGE_DATASETS", "MODELS",
+__all__ = ["AUTO", "CIFAR10_URL", "CIFAR_NOT_SHIPPED", "CIFAR_WHERE", "DATASETS", "GENERATED", "IMAGE_DATASETS", "MODELS",
            "ModelNeeds", "SYNC_STRATEGIES", "TEXT_DATASETS", "check_job_file", "check_model",
            "check_names", "check_sync"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent import futures
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -55,8 +56,11 @@ def test_a_quorum_formed_between_two_requests_still_reaches_the_replica(
     client = ft.QuorumClient(server)
     with pytest.raises(TimeoutError):
         client._quorum(timeout=timedelta(seconds=0.2), step=5)
-    time.sleep(0.05)  # the caller's own request is over; the Lighthouse forms the quorum now
-    server.form(quorum(3, 5, ["a:1", "b:2"]))
+    if overlap:
+        assert not all(c.done() for c in client._calls)  # its call to the server still waits
+    else:
+        futures.wait(client._calls)  # the control: the request is over
+    server.form(quorum(3, 5, ["a:1", "b:2"]))  # the Lighthouse forms the quorum now
     if overlap:
         got = client._quorum(timeout=timedelta(seconds=0.2), step=5)
         assert client.raw_id == 3 and got.max_step == 5

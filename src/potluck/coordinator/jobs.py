@@ -35,7 +35,7 @@ FINAL_REPLICA = ("done", "failed", "stopped")
 def job_spec_from(raw: object) -> JobSpec:
     """A validated JobSpec from untrusted data, names checked. Raises ConfigError naming the field."""
     # The built-ins' catalog, not the kernel's registries: those import torch (about 1.2
-    # CPU-seconds and 300 MB in the host process).
+    # CPU-seconds and 200 MB in the host process).
     return check_names(JobSpec.parse(raw))
 
 

@@ -1,7 +1,7 @@
 """The cluster's torchft Lighthouse, run inside the host process.
 
 It is torchft's native module, loaded without torchft's Python package (which imports torch:
-seconds on a small machine and 250 MB): the host process never imports torch
+seconds on a small machine and 200 MB): the host process never imports torch
 (``trainer/ft.py`` ``native``).
 """
 

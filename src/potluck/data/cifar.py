@@ -27,14 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from potluck.catalog import CIFAR_WHERE
+from potluck.catalog import CIFAR_NOT_SHIPPED, CIFAR_WHERE
 from potluck.contracts.errors import DataError
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
 IMAGE_BYTES = 3 * 32 * 32
-
-WHERE = CIFAR_WHERE
 
 
 _NDARRAY = object()
@@ -90,10 +88,10 @@ def read_batch(path: Path) -> Images:
         with open(path, "rb") as f:
             raw = _BatchUnpickler(f, encoding="bytes").load()
     except OSError as exc:
-        raise DataError(f"cannot read CIFAR-10 batch {path} ({exc}): {WHERE}") from exc
+        raise DataError(f"cannot read CIFAR-10 batch {path} ({exc}): {CIFAR_WHERE}") from exc
     except Exception as exc:  # any malformed pickle: UnpicklingError, EOFError, ValueError...
         raise DataError(f"{path} is not a CIFAR-10 python batch ({type(exc).__name__}: "
-                        f"{exc}): {WHERE}") from exc
+                        f"{exc}): {CIFAR_WHERE}") from exc
     data = raw.get(b"data") if isinstance(raw, dict) else None
     labels = raw.get(b"labels") if isinstance(raw, dict) else None
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
@@ -101,7 +99,7 @@ def read_batch(path: Path) -> Images:
             and len(labels) == data.shape[0]
             and all(isinstance(v, int) and 0 <= v < 10 for v in labels)):
         raise DataError(f"{path} is not a CIFAR-10 python batch (expected b'data' uint8 "
-                        f"N x {IMAGE_BYTES} and N b'labels' in 0..9): {WHERE}")
+                        f"N x {IMAGE_BYTES} and N b'labels' in 0..9): {CIFAR_WHERE}")
     return Images(images=data.reshape(-1, 3, 32, 32), labels=np.asarray(labels, dtype=np.int64))
 
 
@@ -112,11 +110,11 @@ def load_cifar10(path: str | Path | None) -> tuple[Images, Images]:
     file is missing.
     """
     if path is None:
-        raise DataError(f"cifar10 is not shipped with potluck: {WHERE}")
+        raise DataError(CIFAR_NOT_SHIPPED)
     root = Path(path).expanduser()
     missing = [name for name in (*TRAIN_FILES, TEST_FILE) if not (root / name).is_file()]
     if missing:
-        raise DataError(f"no CIFAR-10 batches in {root} (missing {', '.join(missing)}): {WHERE}")
+        raise DataError(f"no CIFAR-10 batches in {root} (missing {', '.join(missing)}): {CIFAR_WHERE}")
     train = [read_batch(root / name) for name in TRAIN_FILES]
     test = read_batch(root / TEST_FILE)
     return (Images(np.concatenate([b.images for b in train]),

@@ -55,10 +55,10 @@ class DeviceProfile:
         return asdict(self)
 
 
-
 def _backward(loss: torch.Tensor | TokenLoss) -> None:
     """Back-propagate a recipe's loss: a :class:`TokenLoss` as its summed terms (as training does)."""
     (loss.sum if isinstance(loss, TokenLoss) else loss).backward()
+
 
 def parse_batch_sizes(text: str) -> list[int]:
     try:

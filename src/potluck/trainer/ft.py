@@ -310,9 +310,9 @@ def start_quorum(manager: Any, *, newcomer: bool = False, patience_s: float = 0.
     any other request only after :data:`LINGER_S`, so that a dead, stuck or stranger process
     that heartbeats but never asks is still left out after the join timeout.
 
-    Each refresh ends the previous request by its deadline: torchft's Manager then has
-    changed nothing (the quorum call failed before any state), and its failed future is
-    dropped here. Raises TimeoutError after the Manager's quorum timeout plus
+    Each refresh ends the Manager's wait for the previous request (the request itself goes on
+    waiting a little longer: :class:`QuorumClient`): torchft's Manager then has changed
+    nothing (the quorum call failed before any state), and its failed future is dropped here. Raises TimeoutError after the Manager's quorum timeout plus
     ``patience_s`` (a newcomer may wait for a whole phase of the others), as
     ``start_quorum`` does after its timeout."""
     deadline = time.monotonic() + manager._quorum_timeout.total_seconds() + patience_s
